@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true   # an old pip still works
+.venv/bin/python -m pip install -q torch==2.13.0
 if [ -n "$extras" ]; then spec=".[$extras]"; else spec="."; fi
-.venv/bin/python -m pip install -q -e "$spec" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import midirwkv, torch, miditok; print('midirwkv', midirwkv.__version__, 'torch', torch.__version__, 'miditok', miditok.__version__)"
+.venv/bin/python -m pip install -q -e "$spec"
+.venv/bin/python -c "import importlib.metadata as m, midirwkv; print('midirwkv', midirwkv.__version__, *(f'{p} {m.version(p)}' for p in ('torch', 'miditok', 'symusic')))"
