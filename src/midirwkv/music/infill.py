@@ -1,0 +1,351 @@
+"""Infill requests -> prompt ids in the paper's layout; generated bars -> notes spliced into the score.
+
+Bar infilling (one span of one track), one sequence, tracks in their ORIGINAL order (the paper's)::
+
+    Track_Start Program_p <bars lo..start> Infill_Bar x n <bars end..hi> Track_End      (target, in place)
+    Track_Start Program_q <bars lo..hi> Track_End                                         (each other track)
+    FillBar_Start Bar_None TimeSig <controls of bar 1>       <- the prompt ends here
+
+Other tracks keep their notes inside the span. Each infilled bar's header carries its REAL time
+signature (the authors forced 4/4). Context bars are BPE-encoded one bar at a time, headers unmerged.
+When the prompt exceeds its token budget the context shrinks by whole bars, the larger side first (so
+it stays symmetric), never the span.
+
+Track infilling (a new track, or one regenerated whole)::
+
+    <other tracks> Infill_Track Track_Start Program_p <track controls> Bar_None TimeSig    <- prompt end
+
+and the generator writes the track's bars, each opened with its real header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from midirwkv.errors import BadRequestError
+from midirwkv.music.controls import BarControls, BarNotes, TrackControls
+from midirwkv.music.remi import (
+    DRUM_PITCH_RANGE,
+    PITCH_RANGE,
+    ScoreTokens,
+    TrackTokens,
+    decode_bar_tokens,
+    quantise_track,
+    tables,
+)
+
+
+@dataclass
+class InfillRequest:
+    track: int                       # track index in the Score
+    start: int                       # first bar (0-based) of the span
+    end: int                         # one past the last bar
+    controls: list[BarControls] | None = None   # per span bar; None = measured from the original bars;
+                                                # any field None inside = left free (no token fed)
+    context_bars: int = 16           # bars of context left and right of the span
+    max_prompt_tokens: int = 8192
+
+
+@dataclass
+class Prompt:
+    ids: list[int]                   # ends with FillBar_Start Bar TimeSig <controls of bar 1>
+    bar_headers: list[list[int]]     # per span bar: base ids Bar_None TimeSig_x/y (real meter)
+    bar_controls: list[list[int]]    # per span bar: the control ids to feed after its header
+    request: InfillRequest
+    window: tuple[int, int]          # bars of context actually used [lo, hi)
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _check_int(name: str, value: object, lo: int, hi: int | None, fix: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo or (
+            hi is not None and value > hi):
+        raise BadRequestError(f"{name} out of range", argument=name, value=value, fix=fix)
+    return int(value)
+
+
+def _target(st: ScoreTokens, track: object) -> TrackTokens:
+    indices = [t.index for t in st.tracks]
+    if not isinstance(track, (int, np.integer)) or isinstance(track, bool) or int(track) not in indices:
+        raise BadRequestError("no track with notes at that index", argument="track", value=track,
+                              fix=f"use one of {indices} (see `midirwkv inspect`); to write a track that has "
+                                  "no notes use track infilling (TrackRequest)")
+    return st.tracks[indices.index(int(track))]
+
+
+def _as_controls(c: object, argument: str) -> BarControls:
+    if isinstance(c, BarControls):
+        return c
+    if isinstance(c, dict):
+        try:
+            return BarControls(**c)
+        except TypeError:
+            raise BadRequestError("unknown control names", argument=argument, value=sorted(c),
+                                  fix="use poly_min poly_max density dur_whole dur_half dur_quarter dur_eighth "
+                                      "dur_sixteenth") from None
+    raise BadRequestError("controls must be BarControls", argument=argument, value=type(c).__name__,
+                          fix="pass music.controls.BarControls(...) per span bar")
+
+
+def validate_request(st: ScoreTokens, req: InfillRequest) -> tuple[TrackTokens, list[BarControls]]:
+    """Check a bar-infilling request against a score; returns (target track, controls per span bar)."""
+    tt = _target(st, req.track)
+    n_bars = st.n_bars
+    start = _check_int("start", req.start, 0, n_bars - 1, f"use a first bar in 0..{n_bars - 1} (0-based)")
+    end = _check_int("end", req.end, 0, n_bars, f"use an end bar in 1..{n_bars} (one past the last bar)")
+    if end <= start:
+        raise BadRequestError("the span holds no bars", argument="end", value=(start, end),
+                              fix="use end > start, e.g. start=8, end=12 for four bars")
+    _check_int("context_bars", req.context_bars, 0, None, "use 0 or more bars, e.g. 16")
+    _check_int("max_prompt_tokens", req.max_prompt_tokens, 1, None, "use a positive budget, e.g. 8192")
+    n = end - start
+    if req.controls is None:
+        controls = list(tt.controls[start:end])
+    else:
+        if not isinstance(req.controls, (list, tuple)) or len(req.controls) != n:
+            raise BadRequestError("one BarControls per span bar is needed", argument="controls",
+                                  value=len(req.controls) if isinstance(req.controls, (list, tuple)) else req.controls,
+                                  fix=f"give {n} BarControls (None inside a field leaves it free)")
+        controls = [_as_controls(c, "controls") for c in req.controls]
+    return tt, controls
+
+
+# ------------------------------------------------------------------------------------------------ prompt
+
+
+def _program_id(vocab, tt_program: int) -> int:
+    return vocab.id(f"Program_{tt_program}")
+
+
+def build_prompt(vocab, st: ScoreTokens, req: InfillRequest) -> Prompt:
+    """The prompt of one bar-infilling request (see the module docstring for the layout)."""
+    tt, controls = validate_request(st, req)
+    start, end = int(req.start), int(req.end)
+    n_bars = st.n_bars
+    ctx = int(req.context_bars)
+    first, last = max(0, start - ctx), min(n_bars, end + ctx)     # only these bars can be in the prompt
+    bpe_bars = {t.index: [vocab.bpe(b) if first <= k < last else [] for k, b in enumerate(t.bars)]
+                for t in st.tracks}
+    lens = {i: np.concatenate([[0], np.cumsum([len(b) for b in bars])]) for i, bars in bpe_bars.items()}
+    headers = [list(tt.bars[b][:2]) for b in range(start, end)]
+    ctrl_ids = [vocab.ids(c.to_tokens(tt.is_drum)) for c in controls]
+
+    def cost(lo: int, hi: int) -> int:
+        total = 1 + len(headers[0]) + len(ctrl_ids[0])
+        for t in st.tracks:
+            c = lens[t.index]
+            total += 3
+            if t.index == tt.index:
+                total += int(c[start] - c[lo]) + (end - start) + int(c[hi] - c[end])
+            else:
+                total += int(c[hi] - c[lo])
+        return total
+
+    left = min(int(req.context_bars), start)
+    right = min(int(req.context_bars), n_bars - end)
+    while cost(start - left, end + right) > req.max_prompt_tokens and (left or right):
+        if left >= right:
+            left -= 1
+        else:
+            right -= 1
+    lo, hi = start - left, end + right
+    need = cost(lo, hi)
+    if need > req.max_prompt_tokens:
+        raise BadRequestError("the prompt does not fit the token budget even without context",
+                              argument="max_prompt_tokens", value=req.max_prompt_tokens,
+                              fix=f"raise it to at least {need}, or infill fewer bars at once")
+    ids: list[int] = []
+    for t in st.tracks:
+        ids += [vocab.track_start, _program_id(vocab, t.program)]
+        bars = bpe_bars[t.index]
+        if t.index == tt.index:
+            for b in range(lo, start):
+                ids += bars[b]
+            ids += [vocab.infill_bar] * (end - start)
+            for b in range(end, hi):
+                ids += bars[b]
+        else:
+            for b in range(lo, hi):
+                ids += bars[b]
+        ids.append(vocab.track_end)
+    ids += [vocab.fillbar_start] + headers[0] + ctrl_ids[0]
+    return Prompt(ids=ids, bar_headers=headers, bar_controls=ctrl_ids, request=req, window=(lo, hi))
+
+
+# ------------------------------------------------------------------------------------------------ splice
+
+
+def _notes_soa(notes: Sequence) -> dict[str, np.ndarray]:
+    return {"time": np.array([n.time for n in notes], dtype=np.int32),
+            "duration": np.array([n.duration for n in notes], dtype=np.int32),
+            "pitch": np.array([n.pitch for n in notes], dtype=np.int8),
+            "velocity": np.array([n.velocity for n in notes], dtype=np.int8)}
+
+
+def _replace_bars(score, st: ScoreTokens, track_index: int, start: int, end: int,
+                  bars_base_ids: Sequence[Sequence[int]], vocab=None):
+    """A copy of ``score`` where the notes of track ``track_index`` starting in bars [start, end) are replaced."""
+    import symusic
+
+    new = score.copy(deep=True)
+    track = new.tracks[track_index]
+    t0, t1 = st.bar_ticks[start], st.bar_ticks[end]
+    arr = track.notes.numpy()
+    if len(arr["time"]):
+        tb = tables(vocab) if vocab is not None else None
+        if tb is None:
+            from midirwkv.music.remi import _default_vocab
+            tb = tables(_default_vocab())
+        q = quantise_track(track, st.bar_ticks, st.time_sigs, st.tpq, tb)
+        inside = (q.all_bar >= start) & (q.all_bar < end) & (arr["time"] < st.bar_ticks[-1])
+        keep = {k: v[~inside] for k, v in arr.items()}
+    else:
+        keep = arr
+    added = decode_bar_tokens(bars_base_ids, st.bar_ticks[start:end + 1], st.tpq, bool(track.is_drum), vocab)
+    lo, hi = DRUM_PITCH_RANGE if track.is_drum else PITCH_RANGE
+    extra = []
+    for n in added:
+        if n.time >= t1 or n.time < t0 or not lo <= n.pitch <= hi:
+            continue
+        extra.append(symusic.Note(n.time, max(1, min(n.duration, t1 - n.time)), n.pitch, n.velocity))
+    soa = _notes_soa(extra)
+    merged = {k: np.concatenate([np.asarray(keep[k]), soa[k].astype(np.asarray(keep[k]).dtype)]) for k in soa}
+    order = np.lexsort((merged["pitch"], merged["time"]))
+    track.notes = symusic.Note.from_numpy(**{k: v[order] for k, v in merged.items()})
+    return new
+
+
+def splice(score, st: ScoreTokens, req: InfillRequest, bars_base_ids: list[list[int]], vocab=None):
+    """Place generated bars (base ids, ``Bar_None TimeSig`` first) into a copy of ``score`` at the span's ticks.
+
+    The target track's notes that start in the span (on the tokenizer's grid) are replaced by the decoded
+    ones; a new note ringing past the span's end is cut there. Everything else is untouched: every other
+    note keeps its tick, duration, velocity and track, and the file's ticks per quarter, tempos, meters,
+    names and programs are kept. ``score`` itself is never modified.
+    """
+    _target(st, req.track)
+    start, end = int(req.start), int(req.end)
+    if not 0 <= start < end <= st.n_bars:
+        raise BadRequestError("span outside the score", argument="end", value=(start, end),
+                              fix=f"use 0 <= start < end <= {st.n_bars}")
+    if len(bars_base_ids) != end - start:
+        raise BadRequestError("one generated bar per span bar is needed", argument="bars_base_ids",
+                              value=len(bars_base_ids), fix=f"give {end - start} bars")
+    return _replace_bars(score, st, int(req.track), start, end, bars_base_ids, vocab)
+
+
+# ---------------------------------------------------------------------------------------- track infilling
+
+
+@dataclass
+class TrackRequest:
+    """Write a whole track: a new one (``track=None`` and a ``program``) or an existing one regenerated."""
+
+    track: int | None = None             # Score index of the track to regenerate; None = a new track
+    program: int | None = None           # new track: 0..127, or -1 for drums
+    controls: TrackControls | None = None   # None: measured from the track (regenerate) or free (new)
+    max_prompt_tokens: int = 8192
+    name: str = ""                       # name of a new track
+
+
+@dataclass
+class TrackPrompt:
+    ids: list[int]                       # ends with Infill_Track Track_Start Program <controls> Bar TimeSig
+    bar_headers: list[list[int]]         # per bar of the score: Bar_None TimeSig_x/y
+    bar_controls: list[list[int]] = field(default_factory=list)   # per bar: empty (track controls only)
+    request: TrackRequest | None = None
+    window: tuple[int, int] = (0, 0)
+    is_drum: bool = False
+    program: int = 0
+
+
+def track_controls_of(st: ScoreTokens, tt: TrackTokens, vocab) -> TrackControls:
+    """Measure the track controls of an encoded track (from its base ids)."""
+    from midirwkv.music.controls import DUR_UNITS_PER_QUARTER
+    from midirwkv.music.remi import POS_PER_BEAT
+
+    tb = tables(vocab)
+    bars, pitches = [], []
+    for b, ids in enumerate(tt.bars):
+        den = st.time_sigs[b][1]
+        pos, ps, ds, cur = [], [], [], 0
+        for i in ids:
+            e = tb.decode.get(i)
+            if e is None:
+                continue
+            if e[0] == "O":
+                cur = int(e[1])
+            elif e[0] == "P":
+                pos.append(cur)
+                ps.append(int(e[1]))
+            elif e[0] == "D":
+                ds.append(int(e[1]) * 4 * DUR_UNITS_PER_QUARTER // (POS_PER_BEAT * den))
+        bars.append(BarNotes(tuple(pos), tuple(ds)))
+        pitches.append(ps)
+    return TrackControls.compute(bars, pitches, tt.is_drum)
+
+
+def build_track_prompt(vocab, st: ScoreTokens, req: TrackRequest) -> TrackPrompt:
+    """Prompt to write a whole track over every bar of the score, the other tracks as context."""
+    n_bars = st.n_bars
+    if n_bars <= 0:
+        raise BadRequestError("the score has no bars", argument="st", value=0, fix="pass a score with notes")
+    _check_int("max_prompt_tokens", req.max_prompt_tokens, 1, None, "use a positive budget, e.g. 8192")
+    if req.track is not None:
+        tt = _target(st, req.track)
+        program, is_drum = tt.program, tt.is_drum
+        controls = req.controls if req.controls is not None else track_controls_of(st, tt, vocab)
+    else:
+        if req.program is None:
+            raise BadRequestError("a new track needs a program", argument="program", value=None,
+                                  fix="pass program=0..127, or -1 for drums")
+        program = _check_int("program", req.program, -1, 127, "use 0..127, or -1 for drums")
+        is_drum = program == -1
+        tt = None
+        controls = req.controls if req.controls is not None else TrackControls()
+    if not isinstance(controls, TrackControls):
+        raise BadRequestError("controls must be TrackControls", argument="controls", value=type(controls).__name__,
+                              fix="pass music.controls.TrackControls(...)")
+    headers = [list(st.tracks[0].bars[b][:2]) if st.tracks else [vocab.bar] for b in range(n_bars)]
+    ids: list[int] = []
+    for t in st.tracks:
+        if tt is not None and t.index == tt.index:
+            continue
+        ids += [vocab.track_start, _program_id(vocab, t.program)]
+        for bar in t.bars:
+            ids += vocab.bpe(bar)
+        ids.append(vocab.track_end)
+    ids += [vocab.infill_track, vocab.track_start, _program_id(vocab, program)]
+    ids += vocab.ids(controls.to_tokens(is_drum))
+    ids += headers[0]
+    if len(ids) > req.max_prompt_tokens:
+        raise BadRequestError("the track prompt does not fit the token budget", argument="max_prompt_tokens",
+                              value=req.max_prompt_tokens, fix=f"raise it to at least {len(ids)}")
+    return TrackPrompt(ids=ids, bar_headers=headers, bar_controls=[[] for _ in range(n_bars)], request=req,
+                       window=(0, n_bars), is_drum=is_drum, program=program)
+
+
+def splice_track(score, st: ScoreTokens, req: TrackRequest, bars_base_ids: list[list[int]], vocab=None):
+    """Put a generated whole track into a copy of ``score``: replace the track's notes, or add a new track."""
+    import symusic
+
+    if len(bars_base_ids) != st.n_bars:
+        raise BadRequestError("one generated bar per score bar is needed", argument="bars_base_ids",
+                              value=len(bars_base_ids), fix=f"give {st.n_bars} bars")
+    if req.track is not None:
+        _target(st, req.track)
+        new = _replace_bars(score, st, int(req.track), 0, st.n_bars, bars_base_ids, vocab)
+        return new
+    program = _check_int("program", req.program, -1, 127, "use 0..127, or -1 for drums")
+    new = score.copy(deep=True)
+    is_drum = program == -1
+    track = symusic.Track(req.name or ("Drums" if is_drum else f"Program {program}"), 0 if is_drum else program,
+                          is_drum)
+    new.tracks.append(track)
+    st_new = ScoreTokens(tracks=st.tracks + [TrackTokens(len(new.tracks) - 1, program, is_drum, track.name, [], [])],
+                         bar_ticks=st.bar_ticks, time_sigs=st.time_sigs, tpq=st.tpq)
+    return _replace_bars(new, st_new, len(new.tracks) - 1, 0, st.n_bars, bars_base_ids, vocab)
