@@ -1,0 +1,242 @@
+"""Checkpoint folders (safetensors, no pickle) and RWKV-LM ``.pth`` import/export.
+
+A checkpoint folder is self-sufficient::
+
+    model.safetensors   weights under RWKV-LM key names (+ LoRA matrices / learned start states, if any)
+    config.json         ModelConfig.to_dict()
+    tokenizer.json      the tokenizer the model was trained with (copied)
+    meta.json           training metadata (free-form JSON)
+
+It is written to a temporary sibling folder and renamed into place, so a crash never leaves half a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from midirwkv.config import ModelConfig
+from midirwkv.errors import BadRequestError, CheckpointError, MidiRwkvError
+from midirwkv.model.lora import apply_lora, lora_modules, merge_lora
+from midirwkv.model.rwkv7 import RWKV7
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+META = "meta.json"
+
+
+def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Path, meta: dict | None = None) -> Path:
+    """Write ``model``, its config, a copy of ``tokenizer_json_path`` and ``meta`` to folder ``dir`` atomically.
+
+    An existing folder at ``dir`` is replaced only once the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    dir = Path(dir)
+    tok = Path(tokenizer_json_path)
+    if not tok.is_file():
+        raise CheckpointError("tokenizer file not found", argument="tokenizer_json_path", value=str(tok),
+                              fix="pass the tokenizer.json the model was trained with")
+    try:
+        meta_text = json.dumps(meta or {}, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(f"meta is not JSON-serialisable ({exc})", argument="meta", value=type(meta).__name__,
+                              fix="use only str, int, float, bool, None, lists and dicts in meta") from exc
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    file_meta = {"format": "pt"}
+    mods = lora_modules(model)
+    if mods:
+        first = next(iter(mods.values()))
+        file_meta.update(lora_rank=str(first.rank), lora_alpha=str(first.alpha),
+                         lora_targets=json.dumps(sorted({n.split(".", 2)[2] for n in mods})))
+    dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dir.name}.", dir=dir.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS), metadata=file_meta)
+        (tmp / CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
+        shutil.copyfile(tok, tmp / TOKENIZER)
+        (tmp / META).write_text(meta_text)
+        if dir.exists():
+            old = dir.with_name(f".{dir.name}.old-{os.getpid()}")
+            dir.rename(old)
+            tmp.rename(dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dir
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint lacks {path.name}", argument="dir", value=str(path.parent),
+                              fix=f"a checkpoint folder holds {WEIGHTS}, {CONFIG}, {TOKENIZER}, {META}; "
+                                  "write it with save_checkpoint")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{what} is not valid JSON ({exc})", argument="dir", value=str(path),
+                              fix="restore the file or save the checkpoint again") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} must be a JSON object", argument="dir", value=str(path),
+                              fix="restore the file or save the checkpoint again")
+    return data
+
+
+def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tuple[RWKV7, Path, dict]:
+    """Load a folder written by :func:`save_checkpoint` -> ``(model, tokenizer_json_path, meta)``.
+
+    The model comes back in eval mode; LoRA layers and learned start states are restored when present.
+    """
+    from safetensors import safe_open
+
+    dir = Path(dir)
+    if not dir.is_dir():
+        raise CheckpointError("checkpoint folder not found", argument="dir", value=str(dir),
+                              fix="pass the folder written by save_checkpoint / `midirwkv train`")
+    try:
+        cfg = ModelConfig.from_dict(_read_json(dir / CONFIG, CONFIG))
+    except MidiRwkvError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"config.json does not describe a model ({exc})", argument="dir", value=str(dir),
+                              fix="restore config.json or save the checkpoint again") from exc
+    meta = _read_json(dir / META, META)
+    tok = dir / TOKENIZER
+    if not tok.is_file():
+        raise CheckpointError(f"checkpoint lacks {TOKENIZER}", argument="dir", value=str(dir),
+                              fix="copy the tokenizer the model was trained with into the folder")
+    wpath = dir / WEIGHTS
+    if not wpath.is_file():
+        raise CheckpointError(f"checkpoint lacks {WEIGHTS}", argument="dir", value=str(dir),
+                              fix="save the checkpoint again with save_checkpoint")
+    try:
+        with safe_open(str(wpath), framework="pt", device=str(device)) as f:
+            file_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as exc:  # safetensors raises several exception types on damaged files
+        raise CheckpointError(f"{WEIGHTS} is unreadable ({exc})", argument="dir", value=str(wpath),
+                              fix="the file is damaged or truncated; restore it or save the checkpoint again") from exc
+    model = RWKV7(cfg)
+    if "lora_rank" in file_meta:
+        apply_lora(model, int(file_meta["lora_rank"]), float(file_meta["lora_alpha"]),
+                   json.loads(file_meta["lora_targets"]), freeze=False)
+    if any(k.endswith(".time_state") for k in tensors):
+        model.enable_state_tuning(freeze=False)
+    load_weights(model, tensors, source=str(wpath))
+    return model.to(device).eval(), tok, meta
+
+
+def load_weights(model: RWKV7, tensors: dict[str, Tensor], source: str = "state_dict") -> None:
+    """Copy ``tensors`` into ``model`` after checking names and shapes (one error listing every problem)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append(f"shape mismatch {wrong[:5]}{' ...' if len(wrong) > 5 else ''}")
+        raise CheckpointError("weights do not fit the model config: " + "; ".join(parts), argument="weights",
+                              value=source, fix="load the weights with the config.json they were saved with")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+# ------------------------------------------------------------------------------------------- RWKV-LM .pth
+
+def _layer_count(sd: dict[str, Tensor]) -> int:
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
+    return max(layers) + 1 if layers else 0
+
+
+def import_rwkv_pth(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Read an RWKV-LM x070 ``.pth`` (weights only) -> ``(ModelConfig, state_dict)`` shaped for :class:`RWKV7`.
+
+    The config comes from tensor shapes; vectors saved squeezed (as the ``rwkv`` package does) are reshaped.
+    Official checkpoints in bf16/fp16 are converted to float32.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("RWKV .pth file not found", argument="path", value=str(path),
+                              fix="pass the path of an RWKV-LM x070 checkpoint, including .pth")
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many exception types on bad or non-weight files
+        raise CheckpointError(f"cannot read {path.name} as a weights-only torch file ({exc})", argument="path",
+                              value=str(path), fix="pass a plain tensor dict saved with torch.save") from exc
+    if not isinstance(sd, dict) or "emb.weight" not in sd or "blocks.0.att.r_k" not in sd:
+        raise CheckpointError("not an RWKV-7 x070 checkpoint (no emb.weight / blocks.0.att.r_k)", argument="path",
+                              value=str(path), fix="pass an RWKV-LM RWKV-7 checkpoint")
+    vocab, n_embd = sd["emb.weight"].shape
+    _n_head, head_size = sd["blocks.0.att.r_k"].shape
+    lora_src = 1 if "blocks.1.att.v1" in sd else 0
+    mv = sd.get(f"blocks.{lora_src}.att.v1")
+    cfg = ModelConfig(
+        vocab_size=int(vocab), n_layer=_layer_count(sd), n_embd=int(n_embd), head_size=int(head_size),
+        dim_ffn=int(sd["blocks.0.ffn.key.weight"].shape[0]),
+        decay_lora=int(sd["blocks.0.att.w1"].shape[1]), aaa_lora=int(sd["blocks.0.att.a1"].shape[1]),
+        mv_lora=int(mv.shape[1]) if mv is not None else ModelConfig.mv_lora,
+        gate_lora=int(sd["blocks.0.att.g1"].shape[1]),
+    )
+    if cfg.dim_ffn == 4 * cfg.n_embd:
+        cfg = ModelConfig(**{**cfg.to_dict(), "dim_ffn": 0})
+    shapes = {k: v.shape for k, v in RWKV7(cfg).state_dict().items()}
+    out = {}
+    for k, shape in shapes.items():
+        if k not in sd:
+            if k.startswith("blocks.0.att.v"):      # layer 0 never uses its value-residual weights
+                out[k] = torch.zeros(shape)
+                continue
+            raise CheckpointError(f"checkpoint lacks {k}", argument="path", value=str(path),
+                                  fix="pass a complete RWKV-LM x070 checkpoint")
+        t = sd[k]
+        if t.numel() != math.prod(shape):
+            raise CheckpointError(f"{k} has shape {tuple(t.shape)}, expected {tuple(shape)}", argument="path",
+                                  value=str(path), fix="the checkpoint is not a standard x070 model")
+        out[k] = t.float().reshape(shape).contiguous()
+    return cfg, out
+
+
+def model_from_rwkv_pth(path: str | Path) -> RWKV7:
+    """Build an :class:`RWKV7` from an RWKV-LM ``.pth`` (eval mode)."""
+    cfg, sd = import_rwkv_pth(path)
+    model = RWKV7(cfg)
+    load_weights(model, sd, source=str(path))
+    return model.eval()
+
+
+@torch.no_grad()
+def export_rwkv_pth(model: RWKV7, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` as an RWKV-LM x070 ``.pth`` (plain tensor dict, RWKV-LM shapes) for the official tools.
+
+    LoRA updates are merged into the exported weights (the model itself is unchanged); learned start
+    states are not part of an RWKV-LM checkpoint and are left out (save them with ``save_adapter``).
+    """
+    sd = model.state_dict()
+    if lora_modules(model):
+        import copy
+
+        merged = merge_lora(copy.deepcopy(model))
+        sd = merged.state_dict()
+    out = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items() if not k.endswith(".time_state")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(out, str(tmp))
+    tmp.replace(path)
+    return path
