@@ -76,3 +76,194 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampling settings of the infilling loop. Defaults are the paper's (1.0, 1.2, 20, 0.95, 9e-4)."""
+
+    temperature: float = 1.0
+    """Divide the logits by this before sampling (> 0)."""
+    repetition_penalty: float = 1.2
+    """Divide positive / multiply negative logits of recently seen tokens by this (1.0 = off)."""
+    repetition_window: int = 64
+    """How many of the most recent tokens the repetition penalty looks at."""
+    top_k: int = 20
+    """Keep only the k most likely tokens (0 = off)."""
+    top_p: float = 0.95
+    """Keep the smallest set of tokens whose probability sums to at least p (1.0 = off)."""
+    min_prob: float = 9e-4
+    """Drop tokens whose probability is below this floor (0 = off); the most likely token always stays."""
+    max_notes_per_bar: int = 64
+    """Grammar cap: once a bar holds this many notes only the end of the bar may be sampled."""
+    max_tokens_per_bar: int = 400
+    """Hard limit on sampled tokens in one bar; a bar that reaches it ends the attempt (retry, then error)."""
+    retries: int = 2
+    """Fresh attempts for a variation that hit the hard token limit before GenerationError is raised."""
+    control_retries: int = 0
+    """Re-sample each bar whose achieved controls miss the requested ones up to this many times (best kept)."""
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("temperature", self.temperature > 0, "use a temperature > 0, e.g. 1.0"),
+            ("repetition_penalty", self.repetition_penalty > 0, "use 1.0 for off or a value like 1.2"),
+            ("repetition_window", isinstance(self.repetition_window, int) and self.repetition_window >= 0,
+             "use a window of 0 or more tokens"),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "use 0 for off or a positive k"),
+            ("top_p", 0 < self.top_p <= 1, "use a value in (0, 1]; 1.0 is off"),
+            ("min_prob", 0 <= self.min_prob < 1, "use a value in [0, 1); 0 is off"),
+            ("max_notes_per_bar", isinstance(self.max_notes_per_bar, int) and self.max_notes_per_bar >= 1,
+             "use a positive number of notes"),
+            ("max_tokens_per_bar", isinstance(self.max_tokens_per_bar, int) and self.max_tokens_per_bar >= 4,
+             "use at least 4 tokens per bar"),
+            ("retries", isinstance(self.retries, int) and self.retries >= 0, "use 0 or more retries"),
+            ("control_retries", isinstance(self.control_retries, int) and self.control_retries >= 0,
+             "use 0 or more retries"),
+        )
+        for name, ok, fix in checks:
+            if not ok:
+                raise BadRequestError(f"invalid sampling setting {name}", argument=name, value=getattr(self, name),
+                                      fix=fix)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SampleConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one pre-training run (``midirwkv.train.train``). Defaults follow the paper where it says.
+
+    Weight decay follows RWKV-LM's RWKV-7 trainer: it applies to every parameter named ``*.weight`` with two or
+    more dimensions (the block matrices, the embedding and the head); vectors, norms and the low-rank factors
+    (``w1``, ``a2`` ...) are not decayed, and ``att.w0`` learns at ``w0_lr_scale`` x the learning rate.
+    """
+
+    data_dir: str = ""
+    """Folder written by ``data.prepare_corpus`` (token cache with ``manifest.json``)."""
+    out_dir: str = ""
+    """Run folder: ``train_log.csv``, ``checkpoints/step-NNNNNNN/`` and the exported ``final/`` checkpoint."""
+    model: ModelConfig | str | None = None
+    """Model shape, or the path of a ``config.json``; None: ModelConfig() sized to the tokenizer (or init_from's)."""
+    tokenizer: str = ""
+    """Tokenizer JSON the ids refer to; empty: init_from's ``tokenizer.json``, else the shipped tokenizer."""
+    init_from: str = ""
+    """Checkpoint folder (``save_checkpoint``) whose weights start a NEW run (optimizer and counters start fresh)."""
+    resume: bool = True
+    """Continue from the newest checkpoint in ``out_dir/checkpoints`` when there is one."""
+    ctx_len: int = 1024
+    """Tokens per training sequence (samples are windowed to this by whole bars)."""
+    micro_batch: int = 12
+    """Sequences per forward pass on each process."""
+    grad_accum: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    lr: float = 1e-4
+    """Peak learning rate (the paper's 1e-4)."""
+    lr_floor: float = 1e-5
+    """Learning rate the cosine decays to at the end of the run."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear warm-up from 0 to ``lr``."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = no limit)."""
+    max_tokens: int = 0
+    """Stop once this many tokens were seen over all processes (0 = no limit)."""
+    max_minutes: float = 0.0
+    """Stop after this much training wall time, summed over resumed runs (0 = no limit)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    eps: float = 1e-18
+    """AdamW epsilon (the paper's 1e-18; fine for fp32 optimizer state, which AdamW keeps here)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of the matrices (see the class docstring)."""
+    w0_lr_scale: float = 2.0
+    """Learning-rate multiplier of the decay bias ``att.w0`` (RWKV-LM's RWKV-7 trainer uses 2)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    p_track: float = 0.25
+    """Probability of a track-infilling sample (else bar infilling)."""
+    augment: bool = True
+    """Pitch (+-6) and velocity (+-2) augmentation of training samples (never of validation samples)."""
+    val_split: str = "valid"
+    """Split of the token cache used for validation."""
+    eval_every: int = 500
+    """Validate every this many steps, and at the end (0 = never)."""
+    eval_batches: int = 20
+    """Micro-batches per process in one validation (a fixed set, the same at every validation)."""
+    ckpt_every: int = 1000
+    """Write a resumable checkpoint every this many steps, and at the end (0 = only at the end)."""
+    keep_last: int = 3
+    """Resumable checkpoints kept in ``out_dir/checkpoints`` (older ones are deleted)."""
+    log_every: int = 10
+    """Write a training row to the CSV log every this many steps (validation rows are always written)."""
+    seed: int = 0
+    """Seed of the model initialisation and of the data order and samples."""
+    dtype: str = "auto"
+    """``"auto"``: bf16 autocast on CUDA, fp32 on CPU; ``"bf16"``, ``"fp32"`` force one (bf16 needs CUDA)."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; under torchrun each rank uses its local GPU."""
+    threads: int = 0
+    """CPU threads for torch (``torch.set_num_threads``); 0 leaves torch's default."""
+    workers: int = 0
+    """DataLoader worker processes building samples (0 = build in the training process)."""
+    progress: bool = True
+    """Show a tqdm progress bar (tokens/s) on stderr on the main process."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        ints = (("ctx_len", 16), ("micro_batch", 1), ("grad_accum", 1), ("warmup_steps", 0), ("max_steps", 0),
+                ("max_tokens", 0), ("eval_every", 0), ("eval_batches", 0), ("ckpt_every", 0), ("keep_last", 1),
+                ("log_every", 1), ("seed", 0), ("threads", 0), ("workers", 0))
+        for name, lo in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise BadRequestError(f"{name} must be an integer >= {lo}", argument=name, value=value,
+                                      fix=f"pass an int >= {lo}")
+        checks = (
+            ("data_dir", isinstance(self.data_dir, str) and bool(self.data_dir),
+             "pass the folder written by prepare_corpus"),
+            ("out_dir", isinstance(self.out_dir, str) and bool(self.out_dir), "pass a folder for logs and checkpoints"),
+            ("model", self.model is None or isinstance(self.model, (ModelConfig, str)),
+             "pass a ModelConfig, the path of a config.json, or None"),
+            ("lr", self.lr > 0, "use a positive learning rate, e.g. 1e-4"),
+            ("lr_floor", 0 <= self.lr_floor <= self.lr, "use 0 <= lr_floor <= lr, e.g. lr / 10"),
+            ("max_minutes", self.max_minutes >= 0, "use 0 for no limit or a positive number of minutes"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "use two values in [0, 1)"),
+            ("eps", self.eps > 0, "use a positive epsilon, e.g. 1e-18"),
+            ("weight_decay", self.weight_decay >= 0, "use 0 for off or e.g. 0.1"),
+            ("w0_lr_scale", self.w0_lr_scale > 0, "use a positive multiplier, e.g. 2.0"),
+            ("grad_clip", self.grad_clip >= 0, "use 0 for off or e.g. 1.0"),
+            ("p_track", 0 <= self.p_track <= 1, "use a probability in [0, 1]"),
+            ("val_split", self.val_split in ("train", "valid", "test"), "use 'valid', 'test' or 'train'"),
+            ("dtype", self.dtype in ("auto", "bf16", "fp32"), "use 'auto', 'bf16' or 'fp32'"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "use 'auto', 'cpu' or 'cuda'"),
+        )
+        for name, ok, fix in checks:
+            if not ok:
+                raise BadRequestError(f"invalid training setting {name}", argument=name, value=getattr(self, name),
+                                      fix=fix)
+        if not (self.max_steps or self.max_tokens or self.max_minutes):
+            raise BadRequestError("the run has no end", argument="max_steps", value=self.max_steps,
+                                  fix="set max_steps, max_tokens or max_minutes (any combination; the first reached "
+                                      "stops the run)")
+
+    @property
+    def tokens_per_step_max(self) -> int:
+        """Upper bound of tokens per optimizer step on one process (micro_batch x grad_accum x ctx_len)."""
+        return self.micro_batch * self.grad_accum * self.ctx_len
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if isinstance(self.model, ModelConfig):
+            data["model"] = self.model.to_dict()
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _from_dict(cls, data)

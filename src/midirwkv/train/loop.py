@@ -1,0 +1,698 @@
+"""Pre-training loop: ``train(cfg) -> TrainResult``.
+
+One run lives in ``cfg.out_dir``::
+
+    train_log.csv                   step, tokens, lr, train_loss, val_loss, val_span_loss, tokens_per_s, elapsed_s
+    checkpoints/step-0001000/       resumable: trainer.pt (weights, AdamW, counters, RNG, data position) + trainer.json
+    final/                          self-sufficient model folder (model.checkpoint.save_checkpoint)
+
+Samples are built on the fly by the data layer's :class:`~midirwkv.data.dataset.SampleDataset` (the music
+layer's sample builder), whose every sample is a function of ``(seed, epoch, position)``; the loop keeps the
+data position at each step boundary, so a resumed run sees the same batches as an uninterrupted one and its
+loss curve is the same. The learning rate is a pure function of (step, tokens, elapsed time): linear warm-up,
+then a cosine from ``lr`` to ``lr_floor`` over the run's progress (the largest of the step, token and time
+fractions that are set).
+
+The loss is the token mean of the cross-entropy over the sample's loss mask (given tokens and padding are
+excluded), taken over the whole optimizer step on every process. Validation reports it overall and on the
+infilled part alone (the sample's ``target_mask``: the span bars or the written track).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from midirwkv.config import ModelConfig, TrainConfig
+from midirwkv.errors import BadRequestError, CheckpointError, DataError
+from midirwkv.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
+
+CSV_FIELDS = ("step", "tokens", "lr", "train_loss", "val_loss", "val_span_loss", "tokens_per_s", "elapsed_s")
+"""Columns of ``train_log.csv`` (empty cells where a value was not computed at that step)."""
+LOG_NAME = "train_log.csv"
+CKPT_DIR = "checkpoints"
+FINAL_DIR = "final"
+STATE_FILE = "trainer.pt"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class StepInfo:
+    """What the optional ``callback`` of :func:`train` receives after each optimizer step."""
+
+    step: int
+    tokens: int
+    lr: float
+    loss: float
+    elapsed_s: float
+    val_loss: float | None = None
+    val_span_loss: float | None = None
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train` (the same on every process, except the paths, which only rank 0 writes)."""
+
+    steps: int
+    """Optimizer steps done in total (including the resumed part)."""
+    tokens: int
+    """Tokens seen over all processes in total."""
+    elapsed_s: float
+    """Training wall time in total, over resumed sessions."""
+    tokens_per_s: float
+    """Throughput of this session (tokens over all processes per second of wall time)."""
+    train_loss: float | None
+    """Loss of the last step (None if no step ran in this session)."""
+    val_loss: float | None
+    """Last validation loss over every predicted token."""
+    val_span_loss: float | None
+    """Last validation loss over the infilled part alone."""
+    val_curve: list[dict] = field(default_factory=list)
+    """Every validation: ``{"step", "tokens", "val_loss", "val_span_loss"}``."""
+    resumed_from: int = 0
+    """Step of the checkpoint this session resumed from (0 for a fresh run)."""
+    log_path: Path | None = None
+    checkpoint_dir: Path | None = None
+    """The last resumable checkpoint written."""
+    final_dir: Path | None = None
+    """The exported model folder (``save_checkpoint`` format)."""
+    model: Any = field(default=None, repr=False)
+    """The trained :class:`~midirwkv.model.rwkv7.RWKV7` (unwrapped, eval mode)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Schedule and optimizer
+
+
+def lr_at(cfg: TrainConfig, step: int, tokens: int = 0, elapsed_s: float = 0.0) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) after ``tokens`` tokens and ``elapsed_s`` seconds.
+
+    Linear warm-up over ``warmup_steps``, then a cosine from ``lr`` to ``lr_floor``; the cosine's progress is
+    the largest of the fractions of ``max_steps`` (counted after warm-up), ``max_tokens`` and ``max_minutes``
+    that are set.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    fractions = []
+    if cfg.max_steps:
+        fractions.append((step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.max_tokens:
+        fractions.append(tokens / cfg.max_tokens)
+    if cfg.max_minutes:
+        fractions.append(elapsed_s / (60.0 * cfg.max_minutes))
+    progress = min(1.0, max(0.0, max(fractions)))
+    return cfg.lr_floor + (cfg.lr - cfg.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups as RWKV-LM's RWKV-7 trainer: decay on >= 2-D ``*.weight``, ``att.w0`` at a scaled lr.
+
+    Each group carries ``lr_scale`` (the loop sets ``lr = lr_at(...) * lr_scale``) and ``name``.
+    """
+    decay, plain, fast = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith("att.w0"):
+            fast.append(p)
+        elif p.squeeze().dim() >= 2 and name.endswith(".weight") and cfg.weight_decay > 0:
+            decay.append(p)
+        else:
+            plain.append(p)
+    groups = [{"params": plain, "weight_decay": 0.0, "lr_scale": 1.0, "name": "plain"},
+              {"params": fast, "weight_decay": 0.0, "lr_scale": cfg.w0_lr_scale, "name": "w0"}]
+    if decay:
+        groups.append({"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0, "name": "decay"})
+    return [g for g in groups if g["params"]]
+
+
+def _unused_parameters(model: torch.nn.Module, device: torch.device) -> list[str]:
+    """Names of trainable parameters that get no gradient (layer 0's value-residual weights, ...).
+
+    DDP refuses parameters without gradients, and AdamW skips them anyway; they are frozen so the optimizer
+    holds the same parameters in every world size (its state then loads across world sizes).
+    """
+    for p in model.parameters():
+        p.grad = None
+    model(torch.zeros((1, 2), dtype=torch.long, device=device)).float().sum().backward()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for p in model.parameters():
+        p.grad = None
+    return names
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batches
+
+
+class TrainBatch(NamedTuple):
+    """A padded batch with the span mask: all ``(B, T)`` except ``n_tokens`` (predicted positions, no padding)."""
+
+    input_ids: Tensor
+    targets: Tensor
+    loss_mask: Tensor
+    span_mask: Tensor
+    n_tokens: int
+
+
+class SpanCollator:
+    """``collate_fn``: the data layer's :func:`collate` plus the infilled-part mask of each target token."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = int(pad_id)
+
+    def __call__(self, samples: Sequence[Any]) -> TrainBatch:
+        from midirwkv.data.dataset import collate
+        batch = collate(samples, self.pad_id)
+        span = torch.zeros_like(batch.loss_mask)
+        n_tokens = 0
+        for row, s in enumerate(samples):
+            target = np.asarray(s.target_mask, dtype=np.float32)
+            span[row, :len(target) - 1] = torch.from_numpy(target[1:])
+            n_tokens += len(target) - 1
+        return TrainBatch(batch.input_ids, batch.targets, batch.loss_mask, span, n_tokens)
+
+
+def masked_losses(logits: Tensor, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy over ``loss_mask`` and over ``loss_mask * span_mask`` (float32 scalars)."""
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.float().reshape(-1, V), batch.targets.reshape(-1), reduction="none")
+    ce = ce.view(batch.loss_mask.shape)
+    weighted = ce * batch.loss_mask
+    return weighted.sum(), (weighted * batch.span_mask).sum()
+
+
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    return TrainBatch(batch.input_ids.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True),
+                      batch.loss_mask.to(device, non_blocking=True), batch.span_mask.to(device, non_blocking=True),
+                      batch.n_tokens)
+
+
+class _TrainStream:
+    """Micro-batches of this process, epoch after epoch, with an exact position at every batch boundary.
+
+    The dataset deals blocks of ``micro_batch`` positions to ``world_size x workers`` slots, so every process
+    draws whole rounds of ``world_size x workers`` blocks: each epoch's tail shorter than one round is skipped
+    (by every process alike, so no process waits on another). The position is (epoch, start of the current
+    round, batches of that round already drawn by this process).
+    """
+
+    def __init__(self, cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo, epoch: int, index: int,
+                 skip: int) -> None:
+        self.cache, self.vocab, self.cfg, self.info = cache, vocab, cfg, info
+        self.slots = max(1, cfg.workers)
+        self.round = info.world_size * self.slots * cfg.micro_batch
+        if len(cache) < self.round:
+            raise DataError("the training split is smaller than one round of micro-batches", argument="data_dir",
+                            value=f"{len(cache)} files < {self.round} = world_size x max(1, workers) x micro_batch",
+                            fix="prepare more files, or lower micro_batch / workers / the number of processes")
+        self.epoch, self.start = epoch, index
+        self._open()
+        for _ in range(skip):
+            self.next()
+
+    def _open(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from midirwkv.data.dataset import SampleDataset
+        cfg = self.cfg
+        ds = SampleDataset(self.cache, self.vocab, seed=cfg.seed, epoch=self.epoch, start_index=self.start,
+                           rank=self.info.rank, world_size=self.info.world_size, block=cfg.micro_batch,
+                           ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=cfg.augment)
+        self.left = ((len(self.cache) - self.start) // self.round) * self.slots
+        self.drawn = 0
+        loader = DataLoader(ds, batch_size=cfg.micro_batch, collate_fn=SpanCollator(self.vocab.pad),
+                            num_workers=cfg.workers, pin_memory=self.info.device.type == "cuda")
+        self._it = iter(loader)
+
+    def next(self) -> TrainBatch:
+        if self.left == 0:
+            self.epoch, self.start = self.epoch + 1, 0
+            self._open()
+        batch = next(self._it)
+        self.left -= 1
+        self.drawn += 1
+        return batch
+
+    def position(self) -> dict:
+        """Where the next batch comes from: ``{"epoch", "index", "skip", "workers"}``."""
+        whole = self.drawn // self.slots
+        return {"epoch": self.epoch, "index": self.start + whole * self.round, "skip": self.drawn % self.slots,
+                "workers": self.slots}
+
+
+def _validation_batches(cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo) -> list[TrainBatch]:
+    """The fixed validation set of this process: ``eval_batches x micro_batch`` samples, no augmentation."""
+    from midirwkv.data.dataset import SampleDataset
+    want = cfg.eval_batches * cfg.micro_batch
+    if len(cache) < info.world_size:
+        raise DataError("the validation split has fewer files than processes", argument="val_split",
+                        value=f"{cfg.val_split}: {len(cache)} files", fix="prepare more files or set eval_every=0")
+    samples: list[Any] = []
+    epoch = 0
+    while len(samples) < want:
+        ds = SampleDataset(cache, vocab, seed=cfg.seed, epoch=epoch, rank=info.rank, world_size=info.world_size,
+                           block=1, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=False)
+        for s in ds:
+            samples.append(s)
+            if len(samples) == want:
+                break
+        epoch += 1
+    collate = SpanCollator(vocab.pad)
+    return [collate(samples[i:i + cfg.micro_batch]) for i in range(0, want, cfg.micro_batch)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints and log
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete resumable checkpoint folder of a run, or None."""
+    root = Path(out_dir) / CKPT_DIR
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def _save_resumable(out_dir: Path, state: dict, step: int, keep_last: int) -> Path:
+    """Write ``state`` to ``checkpoints/step-NNNNNNN`` through a temporary folder; prune to ``keep_last``."""
+    root = out_dir / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE_FILE)
+    summary = {k: state[k] for k in ("step", "tokens", "elapsed_s", "data_position")}
+    (tmp / "trainer.json").write_text(json.dumps(summary, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_resumable(path: Path) -> dict:
+    try:
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many exception types on damaged files
+        raise CheckpointError(f"cannot read the training checkpoint ({exc})", argument="out_dir", value=str(path),
+                              fix="delete this damaged step folder to resume from the previous one") from exc
+
+
+class _CsvLog:
+    """The run's CSV log; on resume, rows after the resumed step are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, resumed_step: int | None) -> None:
+        self.path = path
+        rows: list[dict] = []
+        if resumed_step is not None and path.is_file():
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step") and int(r["step"]) <= resumed_step]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
+        tmp.replace(path)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def read_log(csv_path: str | Path) -> list[dict]:
+    """Rows of a ``train_log.csv`` with numbers parsed (empty cells become None)."""
+    out = []
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            parsed: dict[str, Any] = {}
+            for k in CSV_FIELDS:
+                v = row.get(k, "")
+                parsed[k] = None if v in ("", None) else (int(v) if k in ("step", "tokens") else float(v))
+            out.append(parsed)
+    return out
+
+
+def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
+    """Plot training and validation loss (overall and span) against tokens from a ``train_log.csv``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(csv_path)
+    if not rows:
+        raise DataError("the training log has no rows", argument="csv_path", value=str(csv_path),
+                        fix="plot after at least one logged step")
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("val_span_loss", "validation, span")):
+        pts = [(r["tokens"], r[key]) for r in rows if r[key] is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=label, marker="o" if key != "train_loss" else None, markersize=3)
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    lr = [(r["tokens"], r["lr"]) for r in rows if r["lr"] is not None]
+    if lr:
+        ax_lr.plot(*zip(*lr), color="gray")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("tokens seen")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    png = Path(png_path)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+# --------------------------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def _resolve_tokenizer(cfg: TrainConfig) -> Path:
+    if cfg.tokenizer:
+        path = Path(cfg.tokenizer)
+    elif cfg.init_from:
+        path = Path(cfg.init_from) / "tokenizer.json"
+    else:
+        from midirwkv.music.vocab import SHIPPED_TOKENIZER
+        path = SHIPPED_TOKENIZER
+    if not path.is_file():
+        raise BadRequestError("tokenizer file not found", argument="tokenizer", value=str(path),
+                              fix="pass the tokenizer JSON the token cache was prepared with")
+    return path
+
+
+def _model_config(cfg: TrainConfig, vocab_size: int, init_cfg: ModelConfig | None) -> ModelConfig:
+    model = cfg.model
+    if isinstance(model, str):
+        path = Path(model)
+        if path.is_dir():
+            path = path / "config.json"
+        try:
+            model = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BadRequestError(f"cannot read the model config ({exc})", argument="model", value=cfg.model,
+                                  fix="pass a config.json (or a checkpoint folder holding one)") from exc
+    if init_cfg is not None:
+        if model is not None and model != init_cfg:
+            raise BadRequestError("model differs from the init_from checkpoint's config", argument="model",
+                                  value=model, fix="leave model=None to use the checkpoint's shape")
+        model = init_cfg
+    if model is None:
+        model = ModelConfig(vocab_size=vocab_size)
+    if model.vocab_size < vocab_size:
+        raise BadRequestError("the model's vocabulary is smaller than the tokenizer's", argument="model",
+                              value=model.vocab_size, fix=f"use vocab_size >= {vocab_size}")
+    return model
+
+
+def _data_manifest(data_dir: Path) -> dict:
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        raise DataError("no finished token cache here (manifest.json missing)", argument="data_dir",
+                        value=str(data_dir), fix="run prepare_corpus(...) into this folder first")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    keep = ("sources", "n_files", "n_kept", "per_split", "settings", "vocab_hash", "vocab_size", "created")
+    return {k: manifest[k] for k in keep if k in manifest}
+
+
+def _check_vocab(manifest: dict, vocab: Any, data_dir: Path) -> None:
+    """The cache's base ids must mean the same tokens in ``vocab`` (its first ``vocab_size`` names)."""
+    import hashlib
+    n = int(manifest.get("vocab_size", 0))
+    if not n or "vocab_hash" not in manifest:
+        return
+    if n > vocab.size:
+        raise DataError("the token cache uses more ids than the tokenizer has", argument="tokenizer",
+                        value=vocab.size, fix=f"use the tokenizer the cache in {data_dir} was prepared with")
+    h = hashlib.sha1()
+    for i in range(n):
+        h.update(vocab.name(i).encode("utf-8") + b"\n")
+    if h.hexdigest() != manifest["vocab_hash"]:
+        raise DataError("the token cache was prepared with another tokenizer", argument="tokenizer",
+                        value=str(vocab), fix=f"use the tokenizer the cache in {data_dir} was prepared with")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) -> TrainResult:
+    """Train (or continue training) an RWKV-7 infilling model as ``cfg`` says; see the module docstring.
+
+    Launch with ``torchrun --nproc_per_node N`` for data-parallel training (one process per GPU, or gloo on
+    CPU). ``callback`` is called on every process after each optimizer step (and after its checkpoint).
+    A ``KeyboardInterrupt`` writes a checkpoint at the last finished step before it propagates.
+    """
+    from tqdm import tqdm
+
+    from midirwkv.data.dataset import TokenCache
+    from midirwkv.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
+    from midirwkv.model.rwkv7 import RWKV7
+    from midirwkv.music.vocab import Vocab
+
+    if not isinstance(cfg, TrainConfig):
+        raise BadRequestError("train needs a TrainConfig", argument="cfg", value=type(cfg).__name__,
+                              fix="pass midirwkv.config.TrainConfig(...)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = setup_distributed(cfg.device)
+    device = info.device
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if use_bf16 and device.type != "cuda":
+        raise BadRequestError("bf16 autocast needs a CUDA device", argument="dtype", value=cfg.dtype,
+                              fix="use dtype='fp32' or 'auto' on CPU")
+    out_dir, data_dir = Path(cfg.out_dir), Path(cfg.data_dir)
+    manifest = _data_manifest(data_dir)
+    tok_path = _resolve_tokenizer(cfg)
+    vocab = Vocab.load(tok_path)
+    _check_vocab(manifest, vocab, data_dir)
+    train_cache = TokenCache(data_dir, "train")
+    val_cache = TokenCache(data_dir, cfg.val_split) if cfg.eval_every and cfg.eval_batches else None
+
+    resume_dir = latest_checkpoint(out_dir) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(out_dir) is not None:
+        raise BadRequestError("out_dir already holds checkpoints of another run", argument="out_dir",
+                              value=str(out_dir), fix="use a new out_dir, or resume=True to continue that run")
+    saved = _load_resumable(resume_dir) if resume_dir is not None else None
+
+    init_model = init_meta = None
+    if cfg.init_from and saved is None:
+        init_model, _, init_meta = load_checkpoint(cfg.init_from)
+    model_cfg = _model_config(cfg, vocab.size, init_model.cfg if init_model is not None else None)
+    if saved is not None and saved["model_config"] != model_cfg.to_dict():
+        raise CheckpointError("the checkpoint to resume was made for another model shape", argument="model",
+                              value=model_cfg, fix=f"resume with the shape in {resume_dir} or use a new out_dir")
+
+    torch.manual_seed(cfg.seed)
+    model = RWKV7(model_cfg)
+    if init_model is not None:
+        # a plain copy: LoRA / state-tuned folders must be merged into plain weights first (tune.py's export)
+        load_weights(model, init_model.state_dict(), source=cfg.init_from)
+        del init_model
+    model.to(device).train()
+    for name in _unused_parameters(model, device):
+        model.get_parameter(name).requires_grad_(False)
+    groups = param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                            fused=device.type == "cuda" or None)
+
+    step, tokens, elapsed_before = 0, 0, 0.0
+    position = {"epoch": 0, "index": 0, "skip": 0, "workers": max(1, cfg.workers)}
+    val_curve: list[dict] = []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        step, tokens, elapsed_before = int(saved["step"]), int(saved["tokens"]), float(saved["elapsed_s"])
+        position = dict(saved["data_position"])
+        val_curve = list(saved["val_curve"])
+        _set_rng_state(saved["rng"])
+    resumed_from = step
+    if position["workers"] != max(1, cfg.workers):
+        position["skip"] = 0   # another dealing of blocks: restart at the last whole round
+    barrier()
+
+    ddp = None
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = ddp if ddp is not None else model
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    stream = _TrainStream(train_cache, vocab, cfg, info, position["epoch"], position["index"], position["skip"])
+    val_batches = _validation_batches(val_cache, vocab, cfg, info) if val_cache is not None else []
+
+    log = None
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log = _CsvLog(out_dir / LOG_NAME, resumed_from if saved is not None else None)
+        (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+
+    session_start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - session_start
+
+    def shared_elapsed() -> float:
+        # every process must see the same time: it drives the learning rate and the stop
+        if not cfg.max_minutes:
+            return elapsed()
+        return all_reduce_sum([elapsed()], device)[0] / info.world_size
+
+    def finished(t: float) -> bool:
+        return bool((cfg.max_steps and step >= cfg.max_steps) or (cfg.max_tokens and tokens >= cfg.max_tokens)
+                    or (cfg.max_minutes and t >= 60.0 * cfg.max_minutes))
+
+    @torch.no_grad()
+    def validate() -> tuple[float, float]:
+        model.eval()
+        sums = [0.0, 0.0, 0.0, 0.0]
+        for b in val_batches:
+            b = _to(b, device)
+            with autocast():
+                logits = model(b.input_ids)
+            loss, span = masked_losses(logits, b)
+            sums[0] += float(loss)
+            sums[1] += float(b.loss_mask.sum())
+            sums[2] += float(span)
+            sums[3] += float((b.loss_mask * b.span_mask).sum())
+        model.train()
+        s = all_reduce_sum(sums, device)
+        return s[0] / max(s[1], 1.0), s[2] / max(s[3], 1.0)
+
+    def checkpoint_state(pos: dict) -> dict:
+        return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "step": step, "tokens": tokens, "elapsed_s": elapsed(),
+                "data_position": pos, "rng": _rng_state(), "val_curve": val_curve,
+                "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict()}
+
+    last_ckpt: Path | None = resume_dir
+    last_loss = val_loss = val_span = None
+    if val_curve:
+        val_loss, val_span = val_curve[-1]["val_loss"], val_curve[-1]["val_span_loss"]
+    row_tokens, row_time = tokens, time.perf_counter()
+    session_tokens = 0
+    bar = tqdm(total=cfg.max_steps or None, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=not (info.is_main and cfg.progress), desc="train")
+    pos_at_step = stream.position()
+    t_now = shared_elapsed()
+    try:
+        while not finished(t_now):
+            lr = lr_at(cfg, step, tokens, t_now)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            batches = [stream.next() for _ in range(cfg.grad_accum)]
+            n_mask, n_tok = all_reduce_sum([float(sum(float(b.loss_mask.sum()) for b in batches)),
+                                            float(sum(b.n_tokens for b in batches))], device)
+            scale = info.world_size / max(n_mask, 1.0)   # DDP averages gradients over processes
+            loss_sum = torch.zeros((), device=device)
+            for i, b in enumerate(batches):
+                b = _to(b, device)
+                sync = ddp.no_sync() if ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast():
+                        logits = forward(b.input_ids)
+                    loss, _ = masked_losses(logits, b)
+                    (loss * scale).backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(n_tok)
+            session_tokens += int(n_tok)
+            pos_at_step = stream.position()
+            last_loss = all_reduce_sum([float(loss_sum)], device)[0] / max(n_mask, 1.0)
+            t_now = shared_elapsed()
+            end = finished(t_now)
+
+            evaluated = bool(val_batches) and (step % cfg.eval_every == 0 or end)
+            if evaluated:
+                val_loss, val_span = validate()
+                val_curve.append({"step": step, "tokens": tokens, "val_loss": val_loss, "val_span_loss": val_span})
+            now = time.perf_counter()
+            if log is not None and (evaluated or step % cfg.log_every == 0 or end):
+                rate = (tokens - row_tokens) / max(now - row_time, 1e-9)
+                log.write({"step": step, "tokens": tokens, "lr": lr, "train_loss": last_loss,
+                           "val_loss": val_loss if evaluated else None,
+                           "val_span_loss": val_span if evaluated else None,
+                           "tokens_per_s": round(rate, 1), "elapsed_s": round(elapsed(), 3)})
+                row_tokens, row_time = tokens, now
+            if info.is_main and (end or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+                last_ckpt = _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{session_tokens / max(now - session_start, 1e-9):.0f}")
+            if callback is not None:
+                callback(StepInfo(step=step, tokens=tokens, lr=lr, loss=last_loss, elapsed_s=elapsed(),
+                                  val_loss=val_loss if evaluated else None,
+                                  val_span_loss=val_span if evaluated else None))
+    except KeyboardInterrupt:
+        if info.is_main and step > resumed_from:
+            _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
+        raise
+    finally:
+        bar.close()
+
+    session_s = time.perf_counter() - session_start
+    final_dir = None
+    model.eval()
+    if info.is_main:
+        if last_ckpt is None or int(last_ckpt.name.split("-")[1]) != step:
+            last_ckpt = _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
+        meta = {"kind": "pretrain", "steps": step, "tokens_seen": tokens, "elapsed_s": round(elapsed(), 3),
+                "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
+                "last_train_loss": last_loss, "train_config": cfg.to_dict(),
+                "init_from": cfg.init_from or None, "init_meta": init_meta}
+        final_dir = save_checkpoint(out_dir / FINAL_DIR, model, tok_path, meta)
+    barrier()
+    return TrainResult(steps=step, tokens=tokens, elapsed_s=elapsed(), tokens_per_s=session_tokens / max(session_s,
+                       1e-9), train_loss=last_loss, val_loss=val_loss, val_span_loss=val_span, val_curve=val_curve,
+                       resumed_from=resumed_from, log_path=(out_dir / LOG_NAME) if info.is_main else None,
+                       checkpoint_dir=last_ckpt if info.is_main else None, final_dir=final_dir, model=model)
