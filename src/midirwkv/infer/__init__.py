@@ -1,0 +1,8 @@
+"""Inference: sampling processors, the recurrent infilling loop, the prefix-state cache and the Python API."""
+
+from midirwkv.infer.api import Engine, Report, Span, infill, load_engine
+from midirwkv.infer.generate import GeneratedSpan, Generator, Grammar
+from midirwkv.infer.session import InfillSession, prefill
+
+__all__ = ["Engine", "GeneratedSpan", "Generator", "Grammar", "InfillSession", "Report", "Span",
+           "infill", "load_engine", "prefill"]

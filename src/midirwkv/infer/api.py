@@ -1,0 +1,575 @@
+"""Python API: ``infill()`` and ``add_track()`` (what the command line and the server call).
+
+Bar numbers in this API are 1-based and inclusive, like a printed score and the command line:
+``bars="9-12"`` or ``bars=(9, 12)`` is the four bars 9, 10, 11 and 12. Track numbers are the 0-based
+indices that ``midirwkv inspect`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+
+from midirwkv.config import SampleConfig
+from midirwkv.errors import BadRequestError, CheckpointError
+from midirwkv.infer.generate import GeneratedSpan, Grammar
+from midirwkv.infer.session import InfillSession
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+"""The model ``midirwkv`` uses without ``--model`` (a checkpoint folder)."""
+
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """Progress sink that drops messages."""
+
+
+# ----------------------------------------------------------------------------------------------- engine
+
+def physical_cores() -> int:
+    """Physical CPU cores of this machine (hyper-threads not counted), at least 1."""
+    cores: set[tuple[str, str]] = set()
+    physical = core = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not line.strip() and core is not None:
+                    cores.add((physical or "0", core))
+                    physical = core = None
+    except OSError:
+        return max(1, (os.cpu_count() or 2) // 2)
+    if core is not None:
+        cores.add((physical or "0", core))
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(len(cores) or available, available))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads (default: physical cores); returns the number set."""
+    if threads is None:
+        threads = physical_cores()
+    if not isinstance(threads, int) or threads < 1:
+        raise BadRequestError("threads must be a positive integer", argument="threads", value=threads,
+                              fix="use e.g. --threads 4, or leave it out for the physical core count")
+    torch.set_num_threads(threads)
+    return threads
+
+
+@dataclass
+class Engine:
+    """A loaded model and its vocabulary, kept in memory for repeated calls (the CLI, the API, the server)."""
+
+    model: torch.nn.Module
+    vocab: object
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+    _grammars: dict = field(default_factory=dict, repr=False)
+
+    def grammar(self, is_drum: bool) -> Grammar:
+        """The in-bar grammar tables for drum or pitched tracks, built once."""
+        if is_drum not in self._grammars:
+            width = getattr(getattr(self.model, "cfg", None), "vocab_size", None)
+            self._grammars[is_drum] = Grammar.build(self.vocab, is_drum, width)
+        return self._grammars[is_drum]
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def load_engine(model: str | Path | Engine | None = None, *, threads: int | None = None,
+                progress: Progress | None = None) -> Engine:
+    """Load a checkpoint folder once per process (``None``: the shipped default model) and set the threads."""
+    set_threads(threads)
+    if isinstance(model, Engine):
+        return model
+    path = Path(model) if model is not None else DEFAULT_MODEL_DIR
+    if not path.is_dir():
+        if model is None:
+            raise CheckpointError(
+                f"no default model installed at {path}", argument="model", value=None,
+                fix="train one (`midirwkv prepare ...` then `midirwkv train ...`) and pass its folder with "
+                    "--model DIR, or copy a checkpoint folder there")
+        raise CheckpointError("model folder not found", argument="model", value=str(path),
+                              fix="pass the folder written by `midirwkv train` (weights, config, tokenizer)")
+    key = str(path.resolve())
+    if key not in _ENGINES:
+        from midirwkv.model.checkpoint import load_checkpoint
+        from midirwkv.music.vocab import Vocab
+
+        start = time.perf_counter()
+        net, tokenizer_path, meta = load_checkpoint(path)
+        vocab = Vocab.load(tokenizer_path)
+        _ENGINES[key] = Engine(model=net, vocab=vocab, meta=dict(meta or {}), path=path)
+        (progress or _quiet)(f"loaded model {path} in {time.perf_counter() - start:.2f}s")
+    return _ENGINES[key]
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+DURATION_NAMES = ("whole", "half", "quarter", "eighth", "sixteenth")
+
+
+def parse_bar_ranges(text: str | tuple[int, int] | list, argument: str = "bars") -> list[tuple[int, int]]:
+    """``"9-12"`` / ``"9-12,17"`` / ``(9, 12)`` -> 0-based half-open ``[(8, 12), (16, 17)]``, sorted, disjoint."""
+    if isinstance(text, tuple) and len(text) == 2 and all(isinstance(v, int) for v in text):
+        pieces = [f"{text[0]}-{text[1]}"]
+    elif isinstance(text, (list, tuple)):
+        pieces = [str(p) for p in text]
+    else:
+        pieces = str(text).replace(" ", "").split(",")
+    spans: list[tuple[int, int]] = []
+    for piece in pieces:
+        first, sep, last = piece.partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if sep else lo
+        except ValueError:
+            raise BadRequestError("bars must look like 9-12 (1-based, inclusive) or 9-12,17-20", argument=argument,
+                                  value=text, fix="write the first and last bar joined by '-', e.g. 9-12") from None
+        if lo < 1 or hi < lo:
+            raise BadRequestError("bar numbers start at 1 and the last bar cannot come before the first",
+                                  argument=argument, value=text, fix="use e.g. 9-12")
+        spans.append((lo - 1, hi))
+    spans.sort()
+    for (_, a_end), (b_start, _) in pairwise(spans):
+        if b_start < a_end:
+            raise BadRequestError("bar ranges overlap", argument=argument, value=text,
+                                  fix="give disjoint ranges, e.g. 1-4,9-12")
+    return spans
+
+
+def parse_int_range(text: str | int | tuple[int, int], argument: str, lo: int, hi: int) -> tuple[int, int]:
+    """``"1-3"`` -> ``(1, 3)``; ``"2"`` -> ``(2, 2)``; both ends within ``[lo, hi]``."""
+    if isinstance(text, tuple):
+        a, b = text
+    elif isinstance(text, int):
+        a = b = text
+    else:
+        first, sep, last = str(text).strip().partition("-")
+        try:
+            a = int(first)
+            b = int(last) if sep else a
+        except ValueError:
+            raise BadRequestError(f"{argument} must be N or MIN-MAX", argument=argument, value=text,
+                                  fix=f"use integers between {lo} and {hi}, e.g. {lo}-{min(hi, lo + 2)}") from None
+    if not (lo <= a <= b <= hi):
+        raise BadRequestError(f"{argument} must satisfy {lo} <= min <= max <= {hi}", argument=argument, value=text,
+                              fix=f"use integers between {lo} and {hi}")
+    return a, b
+
+
+def parse_durations(text: str | list[str] | tuple[str, ...], argument: str = "durations") -> frozenset[str]:
+    """``"quarter,eighth"`` -> the set of note lengths that must occur (the others must not); ``"none"`` -> {}."""
+    items = text if isinstance(text, (list, tuple, set, frozenset)) else str(text).replace(" ", "").split(",")
+    names = {str(i).lower() for i in items if str(i)}
+    aliases = {"eight": "eighth", "8th": "eighth", "16th": "sixteenth", "4th": "quarter"}
+    names = {aliases.get(n, n) for n in names}
+    if names == {"none"}:
+        return frozenset()
+    bad = sorted(names - set(DURATION_NAMES))
+    if bad:
+        raise BadRequestError(f"unknown note length(s) {bad}", argument=argument, value=text,
+                              fix=f"use a comma list of {', '.join(DURATION_NAMES)} (or 'none')")
+    return frozenset(names)
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+def output_paths(source: str | Path, output: str | Path | None, variations: int, tag: str) -> list[Path]:
+    """Where results go: ``output`` itself for one result, ``OUT_v1.mid ... OUT_vK.mid`` for K variations.
+
+    Without ``output`` the names are ``<input stem>_<tag>[_vK].mid`` beside the input. Raises
+    ``BadRequestError`` when any of them is the input file itself (the input is never overwritten).
+    """
+    src = Path(source)
+    if output is None:
+        base = src.with_name(f"{src.stem}_{tag}.mid")
+    else:
+        base = Path(output)
+        if base.suffix.lower() not in (".mid", ".midi"):
+            base = base.with_name(base.name + ".mid")
+    if variations == 1:
+        paths = [base]
+    else:
+        width = len(str(variations))
+        paths = [base.with_name(f"{base.stem}_v{i + 1:0{width}d}{base.suffix}") for i in range(variations)]
+    for path in paths:
+        if _same_file(path, src):
+            raise BadRequestError("the output would overwrite the input file", argument="output", value=str(path),
+                                  fix="choose another output name with -o")
+    return paths
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def write_atomic(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then one rename."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise BadRequestError("the output folder does not exist", argument="output", value=str(path),
+                              fix=f"create {folder} first or choose another output path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_score(score, path: str | Path, protect: str | Path | None = None) -> Path:
+    """Write ``score`` as a MIDI file atomically; refuse to overwrite ``protect`` (the input file)."""
+    path = Path(path)
+    if protect is not None and _same_file(path, Path(protect)):
+        raise BadRequestError("the output would overwrite the input file", argument="output", value=str(path),
+                              fix="choose another output name with -o")
+    return write_atomic(score.dumps_midi(), path)
+
+
+# ----------------------------------------------------------------------------------------------- reports
+
+@dataclass
+class BarReport:
+    """Controls asked and achieved for one filled bar."""
+
+    bar: int
+    """1-based bar number in the file."""
+    asked: object
+    """The requested ``BarControls`` (a field left None was free)."""
+    achieved: object
+    """The ``BarControls`` measured on the result."""
+    missed: list[str]
+    """Names of the asked controls that the result does not have."""
+    attempts: int
+    """Attempts used for this bar (control re-sampling and hard-limit retries included)."""
+
+    def to_dict(self) -> dict:
+        return {"bar": self.bar, "asked": _controls_dict(self.asked), "achieved": _controls_dict(self.achieved),
+                "missed": self.missed, "attempts": self.attempts}
+
+
+@dataclass
+class SpanReport:
+    """One filled span of one variation."""
+
+    track: int
+    first_bar: int
+    last_bar: int
+    prompt_tokens: int
+    window: tuple[int, int]
+    sampled_tokens: int
+    seconds: float
+    bars: list[BarReport]
+
+    def to_dict(self) -> dict:
+        return {"track": self.track, "bars": f"{self.first_bar}-{self.last_bar}", "prompt_tokens": self.prompt_tokens,
+                "context_window": f"{self.window[0] + 1}-{self.window[1]}", "sampled_tokens": self.sampled_tokens,
+                "seconds": round(self.seconds, 4), "per_bar": [b.to_dict() for b in self.bars]}
+
+
+@dataclass
+class VariationReport:
+    """One result: its seed, its spans and its score."""
+
+    seed: int
+    spans: list[SpanReport]
+    score: object = field(repr=False, default=None)
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "spans": [s.to_dict() for s in self.spans]}
+
+
+@dataclass
+class Report:
+    """What ``infill`` / ``add_track`` did: per variation, per span, per bar; plus timings in seconds."""
+
+    variations: list[VariationReport]
+    timings: dict[str, float]
+
+    @property
+    def scores(self) -> list:
+        """The result score of every variation, in order."""
+        return [v.score for v in self.variations]
+
+    def to_dict(self) -> dict:
+        return {"variations": [v.to_dict() for v in self.variations],
+                "timings": {k: round(v, 4) for k, v in self.timings.items()}}
+
+    def summary(self) -> str:
+        """A few human lines: per variation and span, tokens and controls met."""
+        lines = []
+        for i, var in enumerate(self.variations):
+            for sp in var.spans:
+                asked = sum(len(_asked_fields(b.asked)) for b in sp.bars)
+                missed = sum(len(b.missed) for b in sp.bars)
+                lines.append(f"variation {i + 1} (seed {var.seed}): track {sp.track} bars {sp.first_bar}-"
+                             f"{sp.last_bar}: {sp.sampled_tokens} tokens, controls met {asked - missed}/{asked}")
+        lines.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def _controls_dict(controls) -> dict | None:
+    if controls is None:
+        return None
+    if hasattr(controls, "to_dict"):
+        return controls.to_dict()
+    from dataclasses import asdict
+
+    return asdict(controls)
+
+
+def _asked_fields(controls) -> list[str]:
+    """Names of the fields of a ``BarControls`` that were asked for (not None)."""
+    from dataclasses import fields as dc_fields
+
+    return [f.name for f in dc_fields(controls) if getattr(controls, f.name) is not None]
+
+
+def _missed(asked, achieved) -> list[str]:
+    return [name for name in _asked_fields(asked) if getattr(achieved, name) != getattr(asked, name)]
+
+
+# ----------------------------------------------------------------------------------------------- infill
+
+@dataclass
+class Span:
+    """One region to fill: a track index and bars (1-based inclusive text like ``"9-12"`` or ``(9, 12)``).
+
+    ``controls`` (optional) gives the full ``BarControls`` of every bar of the span and wins over the
+    ``density`` / ``polyphony`` / ``durations`` arguments of ``infill``.
+    """
+
+    track: int
+    bars: str | tuple[int, int]
+    controls: list | None = None
+
+
+def _load(source):
+    """(score, path or None) from a path, MIDI bytes or a ``symusic.Score`` (copied, never modified)."""
+    from midirwkv.music.remi import load_score
+
+    if hasattr(source, "tracks") and hasattr(source, "dumps_midi"):
+        return source.copy(), None
+    if isinstance(source, (bytes, bytearray)):
+        return load_score(bytes(source)), None
+    path = Path(source)
+    if not path.is_file():
+        raise BadRequestError("input file not found", argument="source", value=str(source), fix="check the path")
+    return load_score(path), path
+
+
+def _track_tokens(st, track: int, argument: str = "track"):
+    for tt in st.tracks:
+        if tt.index == track:
+            return tt
+    valid = [tt.index for tt in st.tracks]
+    raise BadRequestError("no track with notes at that index", argument=argument, value=track,
+                          fix=f"use one of {valid} (see `midirwkv inspect`)")
+
+
+def _span_controls(tt, start: int, end: int, span: Span, density, polyphony, durations, free: bool) -> list:
+    """Per-bar ``BarControls`` asked for a span: the original's (or free), overridden by the arguments."""
+    from midirwkv.music.controls import BarControls
+
+    if span.controls is not None:
+        if len(span.controls) != end - start:
+            raise BadRequestError("one BarControls per span bar is needed", argument="controls",
+                                  value=len(span.controls), fix=f"give {end - start} BarControls")
+        return list(span.controls)
+    base = [BarControls() if free else tt.controls[bar] for bar in range(start, end)]
+    return [apply_overrides(bc, density=density, polyphony=polyphony, durations=durations, is_drum=tt.is_drum)
+            for bc in base]
+
+
+def infill(source, track: int | None = None, bars: str | tuple[int, int] | None = None, *,
+           spans: Sequence[Span] | None = None, density: int | None = None,
+           polyphony: str | tuple[int, int] | None = None, durations: str | Sequence[str] | None = None,
+           free_controls: bool = False, context: int = 16, max_prompt_tokens: int | None = None,
+           variations: int = 1, seed: int | None = None, sample: SampleConfig | None = None,
+           engine: Engine | None = None, model: str | Path | None = None, threads: int | None = None,
+           progress: Progress | None = None):
+    """Regenerate bars of one or more tracks; returns ``(score, report)``.
+
+    ``source`` is a path, MIDI bytes or a ``symusic.Score`` (never modified). Give ``track`` and ``bars``
+    (1-based inclusive, e.g. ``"9-12"``; several ranges ``"1-4,9-12"``) or ``spans=[Span(...), ...]``;
+    spans are filled one after another, each seeing the results before it. Controls: ``density`` (0..18,
+    18 = 18+), ``polyphony`` ("1-3"), ``durations`` ("quarter,eighth"); the rest are measured from the
+    original bars, or left free with ``free_controls``. ``variations`` results are sampled as one batch
+    from one cached prompt state; variation ``i`` uses seed ``seed + i``. The returned score is the first
+    variation's; ``report.scores`` holds all of them and ``report.variations`` the per-bar controls
+    asked and achieved.
+    """
+    from midirwkv.music.infill import InfillRequest, build_prompt, splice
+    from midirwkv.music.remi import encode_score
+
+    say = progress or _quiet
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    engine = engine or load_engine(model, threads=threads, progress=say)
+    vocab = engine.vocab
+    cfg = sample or SampleConfig()
+    if not isinstance(variations, int) or variations < 1:
+        raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
+                              fix="use 1 or more")
+    if not isinstance(context, int) or context < 0:
+        raise BadRequestError("context must be 0 or more bars", argument="context", value=context, fix="e.g. 16")
+    if spans is None:
+        if track is None or bars is None:
+            raise BadRequestError("give track and bars, or spans", argument="bars", value=bars,
+                                  fix='e.g. infill("song.mid", track=1, bars="9-12")')
+        spans = [Span(track=track, bars=bars)]
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") >> 1
+    score, _ = _load(source)
+    st = encode_score(score, vocab)
+    timings["parse"] = time.perf_counter() - t0
+    n_bars = len(st.bar_ticks) - 1
+    say(f"read {len(st.tracks)} tracks, {n_bars} bars")
+
+    # every span as (track, start, end, controls), validated before any generation
+    plan = []
+    for sp in spans:
+        tt = _track_tokens(st, sp.track)
+        for start, end in parse_bar_ranges(sp.bars):
+            if end > n_bars:
+                raise BadRequestError("bars beyond the end of the file", argument="bars", value=sp.bars,
+                                      fix=f"the file has bars 1-{n_bars}")
+            plan.append((sp.track, start, end, _span_controls(tt, start, end, sp, density, polyphony, durations,
+                                                             free_controls)))
+
+    results = [VariationReport(seed=seed + i, spans=[]) for i in range(variations)]
+    current = [(score, st)] * variations
+    timings["prefill"] = timings["generate"] = timings["splice"] = 0.0
+    for s_index, (trk, start, end, asked) in enumerate(plan):
+        say(f"span {s_index + 1}/{len(plan)}: track {trk} bars {start + 1}-{end}")
+        request_kwargs = {"track": trk, "start": start, "end": end, "controls": asked, "context_bars": context}
+        if max_prompt_tokens is not None:
+            request_kwargs["max_prompt_tokens"] = max_prompt_tokens
+        req = InfillRequest(**request_kwargs)
+        # the first span starts from one shared prompt: all variations in one batch from one cached state
+        groups = [list(range(variations))] if s_index == 0 else [[i] for i in range(variations)]
+        for group in groups:
+            g_score, g_st = current[group[0]]
+            tt = _track_tokens(g_st, trk)
+            t1 = time.perf_counter()
+            prompt = build_prompt(vocab, g_st, req)
+            session = InfillSession(engine.model, vocab, prompt, is_drum=tt.is_drum,
+                                    grammar=engine.grammar(tt.is_drum))
+            t2 = time.perf_counter()
+            timings["prefill"] += t2 - t1
+            say(f"prompt {len(prompt.ids)} tokens (bars {prompt.window[0] + 1}-{prompt.window[1]} as context), "
+                f"prefill {t2 - t1:.2f}s")
+            checker = make_checker(vocab, g_score, g_st, tt, start, asked) if cfg.control_retries else None
+            span_seed = seed + group[0] + s_index * variations
+            outs = session.generate(len(group), cfg, span_seed, checker=checker)
+            t3 = time.perf_counter()
+            timings["generate"] += t3 - t2
+            say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
+                f"({len(group)} variation{'s' if len(group) > 1 else ''})")
+            for i, out in zip(group, outs):
+                new_score = splice(g_score, g_st, req, out.bars)
+                new_st = encode_score(new_score, vocab)
+                current[i] = (new_score, new_st)
+                results[i].spans.append(_span_report(new_st, trk, start, end, asked, out, len(prompt.ids),
+                                                     prompt.window, t3 - t2))
+            timings["splice"] += time.perf_counter() - t3
+    for i, var in enumerate(results):
+        var.score = current[i][0]
+    timings["total"] = time.perf_counter() - t0
+    return results[0].score, Report(variations=results, timings=timings)
+
+
+def _span_report(st, track: int, start: int, end: int, asked: list, out: GeneratedSpan, prompt_tokens: int,
+                 window: tuple[int, int], seconds: float) -> SpanReport:
+    tt = next((t for t in st.tracks if t.index == track), None)     # None: the result left the track empty
+    bars = []
+    for j, bar in enumerate(range(start, end)):
+        achieved = tt.controls[bar] if tt is not None else None
+        missed = _missed(asked[j], achieved) if achieved is not None else _asked_fields(asked[j])
+        bars.append(BarReport(bar=bar + 1, asked=asked[j], achieved=achieved, missed=missed,
+                              attempts=out.attempts[j]))
+    return SpanReport(track=track, first_bar=start + 1, last_bar=end, prompt_tokens=prompt_tokens,
+                      window=tuple(window), sampled_tokens=out.sampled, seconds=seconds, bars=bars)
+
+
+# ----------------------------------------------------------------------------------------------- controls
+
+def _control_field(controls, *words: str) -> str:
+    """The ``BarControls`` field whose name holds all ``words`` (e.g. "poly", "min")."""
+    from dataclasses import fields as dc_fields
+
+    for f in dc_fields(controls):
+        if all(w in f.name.lower() for w in words):
+            return f.name
+    raise BadRequestError("BarControls has no such field", argument="controls", value=words,
+                          fix="update midirwkv.infer.api to the music layer's BarControls")
+
+
+def apply_overrides(controls, *, density: int | None = None, polyphony=None, durations=None,
+                    is_drum: bool = False):
+    """A copy of ``controls`` (a ``BarControls``) with the given values replaced.
+
+    ``density`` 0..18 (18 = 18+); ``polyphony`` "1-3" or (1, 3); ``durations`` "quarter,eighth" (the
+    listed lengths must occur, the others must not). Drum tracks take density only (paper rule).
+    """
+    from dataclasses import replace
+
+    changes: dict = {}
+    if density is not None:
+        if not isinstance(density, int) or not 0 <= density <= 18:
+            raise BadRequestError("density must be 0..18 (18 means 18 or more notes)", argument="density",
+                                  value=density, fix="e.g. density=6")
+        changes[_control_field(controls, "density")] = density
+    if not is_drum:
+        if polyphony is not None:
+            lo, hi = parse_int_range(polyphony, "polyphony", 1, 6)
+            changes[_control_field(controls, "poly", "min")] = lo
+            changes[_control_field(controls, "poly", "max")] = hi
+        if durations is not None:
+            wanted = parse_durations(durations)
+            for name in DURATION_NAMES:
+                field_name = _control_field(controls, name[:5])         # "eight" matches Eight and Eighth
+                current = getattr(controls, field_name)
+                flag = name in wanted
+                changes[field_name] = type(current)(flag) if isinstance(current, (bool, int)) else int(flag)
+    return replace(controls, **changes)
+
+
+def make_checker(vocab, score, st, tt, start: int, asked: list) -> Callable[[int, list[int]], int]:
+    """``checker(j, bar_base_ids) -> number of asked controls that bar ``start + j`` misses``.
+
+    Measures exactly as the report does: the bar is spliced into ``score`` and its controls read back by
+    the music layer, so re-sampling and reporting never disagree.
+    """
+    from midirwkv.music.infill import InfillRequest, splice
+    from midirwkv.music.remi import encode_score
+
+    def check(j: int, bar_ids: list[int]) -> int:
+        req = InfillRequest(track=tt.index, start=start + j, end=start + j + 1, controls=[asked[j]])
+        measured = _track_tokens(encode_score(splice(score, st, req, [bar_ids]), vocab), tt.index)
+        return len(_missed(asked[j], measured.controls[start + j]))
+
+    return check

@@ -1,0 +1,132 @@
+"""The command line: parsing, one-line errors with exit codes, output naming, the input never modified."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from midirwkv import cli
+from midirwkv.errors import BadRequestError
+from midirwkv.infer import api
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["infill", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--bars 9-12" in out and "--variations" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "midirwkv infill" in capsys.readouterr().out
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["infill"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+
+
+def test_missing_input_is_one_line_error(tmp_path, capsys):
+    code, _, err = run(["infill", tmp_path / "nope.mid", "--track", 0, "--bars", "1-2"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "input file not found" in err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--track", "0", "--bars", "4-2"], "--bars"),
+    (["--track", "0", "--bars", "x"], "--bars"),
+    (["--track", "0"], "--bars"),
+    (["--track", "0", "--bars", "1-2", "--density", "40"], "--density"),
+    (["--track", "0", "--bars", "1-2", "--polyphony", "3-1"], "--polyphony"),
+    (["--track", "0", "--bars", "1-2", "--durations", "crotchet"], "--durations"),
+    (["--track", "0", "--bars", "1-2", "--variations", "0"], "--variations"),
+    (["--track", "0", "--bars", "1-2", "--temperature", "0"], "temperature"),
+    (["--span", "zero:1-2"], "--span"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, extra, needle):
+    src = tmp_path / "in.mid"
+    src.write_bytes(b"MThd")
+    before = digest(src)
+    code, _, err = run(["infill", src, *extra, "-o", tmp_path / "out.mid"], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert digest(src) == before and not (tmp_path / "out.mid").exists()
+
+
+def test_refuses_to_overwrite_input(tmp_path, capsys):
+    src = tmp_path / "song.mid"
+    src.write_bytes(b"MThd")
+    code, _, err = run(["infill", src, "--track", 0, "--bars", "1-2", "-o", src], capsys)
+    assert code == 2 and "overwrite the input" in err
+    assert src.read_bytes() == b"MThd"
+
+
+def test_missing_model_folder_is_a_checkpoint_error(tmp_path, capsys):
+    src = tmp_path / "song.mid"
+    src.write_bytes(b"MThd")
+    code, _, err = run(["infill", src, "--track", 0, "--bars", "1-2", "--model", tmp_path / "no_model",
+                        "-o", tmp_path / "o.mid"], capsys)
+    assert code == 2 and "CheckpointError" not in err and "model folder not found" in err
+
+
+def test_missing_default_model_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(api, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    src = tmp_path / "song.mid"
+    src.write_bytes(b"MThd")
+    code, _, err = run(["infill", src, "--track", 0, "--bars", "1-2", "-o", tmp_path / "o.mid"], capsys)
+    assert code == 2 and "no default model" in err and "--model" in err and "train" in err
+
+
+def test_parse_bar_ranges():
+    assert api.parse_bar_ranges("9-12") == [(8, 12)]
+    assert api.parse_bar_ranges("17-20,1") == [(0, 1), (16, 20)]
+    assert api.parse_bar_ranges((9, 12)) == [(8, 12)]
+    for bad in ("0-2", "3-1", "1-4,2-5", "a-b", ""):
+        with pytest.raises(BadRequestError):
+            api.parse_bar_ranges(bad)
+
+
+def test_parse_controls():
+    assert api.parse_int_range("1-3", "polyphony", 1, 6) == (1, 3)
+    assert api.parse_int_range("2", "polyphony", 1, 6) == (2, 2)
+    assert api.parse_durations("quarter,Eighth") == frozenset({"quarter", "eighth"})
+    assert api.parse_durations("none") == frozenset()
+    with pytest.raises(BadRequestError):
+        api.parse_int_range("0-7", "polyphony", 1, 6)
+
+
+def test_output_names(tmp_path):
+    src = tmp_path / "song.mid"
+    src.write_bytes(b"MThd")
+    assert api.output_paths(src, tmp_path / "o.mid", 1, "x") == [tmp_path / "o.mid"]
+    assert api.output_paths(src, tmp_path / "o.mid", 3, "x") == [tmp_path / f"o_v{i}.mid" for i in (1, 2, 3)]
+    assert [p.name for p in api.output_paths(src, tmp_path / "o.mid", 10, "x")][9] == "o_v10.mid"
+    assert api.output_paths(src, None, 1, "infill_bars9-12") == [tmp_path / "song_infill_bars9-12.mid"]
+    assert api.output_paths(src, tmp_path / "o", 1, "x") == [tmp_path / "o.mid"]
+    with pytest.raises(BadRequestError, match="overwrite"):
+        api.output_paths(src, src, 1, "x")
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.mid"
+    api.write_atomic(b"one", target)
+    api.write_atomic(b"two", target)
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mid"]
+    with pytest.raises(BadRequestError, match="folder"):
+        api.write_atomic(b"x", tmp_path / "missing" / "out.mid")
