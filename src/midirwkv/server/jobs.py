@@ -1,0 +1,471 @@
+"""Generation jobs: one worker thread owns the model; requests wait in a FIFO queue.
+
+The model is one CPU resource, so jobs run one at a time in a single worker thread and the HTTP handlers
+only queue work and read its state. Every state change is written to ``job.json`` atomically, so a job's
+request, status and finished variations survive a restart; at start-up a job that was queued or running
+when the server stopped is marked failed with a message saying so (never dropped silently).
+
+Progress and cancellation ride on the model calls: the engine's ``InfillSession`` is given a thin
+wrapper of the model that counts decoding steps and raises :class:`JobCancelled` at the next step once a
+job is cancelled, so cancelling takes effect within one token.
+
+"More variations" reuse the prompt state: the ``InfillSession`` of a finished infill job stays in a small
+LRU cache keyed by (session, upload, job), so extra variations cost only the tokens of the span. The key
+holds the session token, so one user's cached state is never used for another user's request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from midirwkv.config import SampleConfig
+from midirwkv.errors import BadRequestError, MidiRwkvError
+from midirwkv.server.schemas import JOB_FINAL
+from midirwkv.server.storage import (
+    ConflictError,
+    NotFoundError,
+    Storage,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+log = logging.getLogger("midirwkv.server")
+
+GEN_CHUNK = 4
+"""Variations sampled together in one batch (a batch shares every model call; progress is per batch)."""
+CACHE_SIZE = 16
+"""Prompt states kept for "more variations" (each is one batch-1 RNN state: a few MB at most)."""
+SAVE_EVERY_S = 0.5
+"""Shortest interval between two progress writes of one job to disk."""
+
+
+class JobCancelled(Exception):
+    """Raised inside the worker at the next model call after a job was cancelled."""
+
+
+class _Watched:
+    """The model as the engine sees it, plus a per-step hook (progress and cancellation of a job)."""
+
+    def __init__(self, model):
+        self._model = model
+        self.cfg = getattr(model, "cfg", None)
+        self.hook = None
+
+    def _tick(self) -> None:
+        if self.hook is not None:
+            self.hook()
+
+    def __call__(self, *args, **kwargs):
+        self._tick()
+        return self._model(*args, **kwargs)
+
+    def step(self, idx, state):
+        self._tick()
+        return self._model.step(idx, state)
+
+    def init_state(self, batch: int):
+        return self._model.init_state(batch)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+@dataclass
+class _Cached:
+    """What a finished infill job leaves for cheap extra variations."""
+
+    session: object  # infer.session.InfillSession (prefix state after FillBar_Start)
+    request: object  # music.infill.InfillRequest
+    score: object  # symusic.Score the span was cut from
+    st: object  # its ScoreTokens
+    asked: list  # BarControls asked per span bar
+
+
+def sample_config(sampling: dict) -> SampleConfig:
+    """``SampleConfig`` from a request's sampling settings (BadRequestError on a bad value)."""
+    return SampleConfig(**sampling)
+
+
+class JobManager:
+    """Queue, worker thread, job records and the prompt-state cache."""
+
+    def __init__(self, storage: Storage, engine, *, cache_size: int = CACHE_SIZE, max_queue: int = 512):
+        self.storage = storage
+        self.engine = engine
+        self.vocab = engine.vocab
+        self.model = _Watched(engine.model)
+        self.max_queue = max_queue
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, _Cached] = OrderedDict()
+        self._lock = threading.RLock()
+        self._live: dict[str, dict] = {}  # job_id -> record of queued / running jobs
+        self._folders: dict[str, Path] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._order: list[str] = []  # queued job ids, oldest first
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self.stats = {"prefills": 0, "cache_hits": 0}
+        """Prompt prefills run and "more variations" served from the cache (see ``/api/health``)."""
+        self.recovered = self._recover()
+        self._thread = threading.Thread(target=self._work, name="midirwkv-generate", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------------ start / stop
+    def _recover(self) -> int:
+        """Mark jobs that were queued or running when the server last stopped as failed; returns how many."""
+        count = 0
+        for path in self.storage.all_job_files():
+            job = read_json(path)
+            if job["status"] in JOB_FINAL:
+                continue
+            job.update(
+                status="failed",
+                finished=time.time(),
+                message="interrupted by a server restart",
+                error={
+                    "error": "Interrupted",
+                    "argument": None,
+                    "message": f"the server stopped while this job was {job['status']}; "
+                    "no variation was lost (none had been written)",
+                    "fix": "submit the request again",
+                },
+            )
+            write_json_atomic(path, job)
+            count += 1
+        return count
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker: cancel the running job; queued ones stay on disk (failed at next start)."""
+        self._stop.set()
+        with self._lock:
+            for event in self._cancel.values():
+                event.set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------------------------------ public
+    def submit(
+        self,
+        session: str,
+        upload_id: str,
+        kind: str,
+        request: dict,
+        base_version: int,
+        parent_job: str | None = None,
+    ) -> dict:
+        """Create, persist and queue a job; returns its record."""
+        if self._stop.is_set():
+            raise ConflictError(
+                "the server is shutting down", argument="job", value=None, fix="retry in a moment"
+            )
+        with self._lock:
+            if len(self._order) >= self.max_queue:
+                raise ConflictError(
+                    "too many queued jobs",
+                    argument="queue",
+                    value=len(self._order),
+                    fix="wait for some to finish, then retry",
+                )
+        job_id, folder = self.storage.new_job_dir(session, upload_id)
+        job = {
+            "job_id": job_id,
+            "upload_id": upload_id,
+            "session": session,
+            "kind": kind,
+            "status": "queued",
+            "progress": 0.0,
+            "message": "waiting for the model",
+            "error": None,
+            "base_version": base_version,
+            "parent_job": parent_job,
+            "request": request,
+            "created": time.time(),
+            "started": None,
+            "finished": None,
+            "variations": [],
+        }
+        write_json_atomic(folder / "job.json", job)
+        with self._lock:
+            self._live[job_id] = job
+            self._folders[job_id] = folder
+            self._cancel[job_id] = threading.Event()
+            self._order.append(job_id)
+        self._queue.put(job_id)
+        return dict(job)
+
+    def get(self, session: str, upload_id: str, job_id: str) -> dict:
+        """The job's record (live when queued / running, from disk otherwise), with its queue position."""
+        folder = self.storage.job_dir(session, upload_id, job_id)
+        with self._lock:
+            live = self._live.get(job_id)
+            if live is not None:
+                job = dict(live)
+                job["queue_position"] = self._order.index(job_id) if job_id in self._order else None
+                return job
+        return read_json(folder / "job.json")
+
+    def list(self, session: str, upload_id: str) -> list[dict]:
+        return [self.get(session, upload_id, j["job_id"]) for j in self.storage.list_jobs(session, upload_id)]
+
+    def cancel(self, session: str, upload_id: str, job_id: str) -> dict:
+        """Cancel a queued or running job (a finished one answers 409)."""
+        self.storage.job_dir(session, upload_id, job_id)
+        with self._lock:
+            event = self._cancel.get(job_id)
+            job = self._live.get(job_id)
+            if event is None or job is None:
+                raise ConflictError(
+                    "the job has already finished",
+                    argument="job_id",
+                    value=job_id,
+                    fix="nothing to cancel; fetch its variations instead",
+                )
+            event.set()
+            if job["status"] == "queued":
+                self._order.remove(job_id)
+                self._finish(job_id, status="cancelled", message="cancelled before it started")
+        return self.get(session, upload_id, job_id)
+
+    def variation_path(self, session: str, upload_id: str, job_id: str, variation: int) -> Path:
+        folder = self.storage.job_dir(session, upload_id, job_id)
+        job = self.get(session, upload_id, job_id)
+        for var in job["variations"]:
+            if var["variation"] == variation:
+                return folder / var["file"]
+        raise NotFoundError(
+            "no such variation",
+            argument="variation",
+            value=variation,
+            fix=f"use 1..{len(job['variations'])} (job status: {job['status']})",
+        )
+
+    # ------------------------------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            job_id = self._queue.get()
+            if job_id is None:
+                break
+            with self._lock:
+                job = self._live.get(job_id)
+                if job is None or job["status"] != "queued":
+                    continue
+                self._order.remove(job_id)
+                job.update(status="running", started=time.time(), message="starting")
+                cancel = self._cancel[job_id]
+            self._save(job_id)
+            try:
+                self._execute(job_id, job, cancel)
+            except JobCancelled:
+                self._finish(job_id, status="cancelled", message="cancelled while running")
+            except MidiRwkvError as exc:
+                self._finish(job_id, status="failed", message="failed", error=exc.to_dict())
+            except Exception as exc:  # the worker must survive anything one job does; the job records it
+                log.exception("job %s crashed", job_id)
+                self._finish(
+                    job_id,
+                    status="failed",
+                    message="failed",
+                    error={
+                        "error": type(exc).__name__,
+                        "message": f"internal error: {exc}"[:500],
+                        "argument": None,
+                        "fix": "report this with the request that caused it",
+                    },
+                )
+            finally:
+                self.model.hook = None
+
+    def _save(self, job_id: str, force: bool = True) -> None:
+        with self._lock:
+            job = self._live.get(job_id)
+            if job is None:
+                return
+            now = time.time()
+            if not force and now - job.get("_saved", 0.0) < SAVE_EVERY_S:
+                return
+            job["_saved"] = now
+            record = {k: v for k, v in job.items() if not k.startswith("_")}
+            folder = self._folders[job_id]
+        write_json_atomic(folder / "job.json", record)
+
+    def _finish(self, job_id: str, *, status: str, message: str, error: dict | None = None) -> None:
+        """Final state: written to disk, then dropped from the live table."""
+        with self._lock:
+            job = self._live[job_id]
+            job.update(status=status, message=message, error=error, finished=time.time())
+            if status == "done":
+                job["progress"] = 1.0
+            record = {k: v for k, v in job.items() if not k.startswith("_")}
+            write_json_atomic(self._folders[job_id] / "job.json", record)
+            del self._live[job_id], self._cancel[job_id], self._folders[job_id]
+
+    def _set(self, job_id: str, **changes) -> None:
+        with self._lock:
+            self._live[job_id].update(changes)
+        self._save(job_id, force=False)
+
+    # ------------------------------------------------------------------------------------------ generation
+    def _execute(self, job_id: str, job: dict, cancel: threading.Event) -> None:
+        kind = job["kind"]
+        if kind == "infill":
+            cached = self._prepare_infill(job_id, job, cancel, key=(job["session"], job["upload_id"], job_id))
+        elif kind == "more":
+            cached = self._cached_for(job_id, job, cancel)
+        else:
+            raise BadRequestError("unknown job kind", argument="kind", value=kind, fix="use infill or more")
+        cfg = sample_config(job["request"]["sampling"])
+        self._generate(job_id, job, cancel, cached, cfg)
+
+    def _load_version(self, job: dict):
+        from midirwkv.music.remi import encode_score, load_score
+
+        path, _ = self.storage.version_path(job["session"], job["upload_id"], job["base_version"])
+        score = load_score(path.read_bytes())
+        return score, encode_score(score, self.vocab)
+
+    def _prepare_infill(self, job_id: str, job: dict, cancel: threading.Event, key: tuple) -> _Cached:
+        """Read the song, build the prompt and prefill it (cached under ``key``)."""
+        from midirwkv.infer.session import InfillSession
+        from midirwkv.music.infill import build_prompt, validate_request
+
+        req_in = job["request"] if job["kind"] == "infill" else None
+        if req_in is None:
+            raise ConflictError(
+                "internal: prompt of a non-infill job", argument="kind", value=job["kind"], fix="report this"
+            )
+        self._set(job_id, message="reading the song")
+        score, st = self._load_version(job)
+        req = infill_request(req_in)
+        tt, asked = validate_request(st, req)
+        prompt = build_prompt(self.vocab, st, req)
+        self._set(job_id, message=f"reading the prompt ({len(prompt.ids)} tokens)")
+        self.model.hook = self._hook(cancel)
+        session = InfillSession(
+            self.model, self.vocab, prompt, is_drum=tt.is_drum, grammar=self.engine.grammar(tt.is_drum)
+        )
+        self.stats["prefills"] += 1
+        cached = _Cached(session=session, request=req, score=score, st=st, asked=asked)
+        with self._lock:
+            self._cache[key] = cached
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return cached
+
+    def _cached_for(self, job_id: str, job: dict, cancel: threading.Event) -> _Cached:
+        """The prompt state of the root infill job of a "more" job (rebuilt when it was evicted or lost)."""
+        root = job["request"]["root_job"]
+        key = (job["session"], job["upload_id"], root)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            self._set(job_id, message="reusing the cached prompt state")
+            return cached
+        root_job = read_json(self.storage.job_dir(job["session"], job["upload_id"], root) / "job.json")
+        return self._prepare_infill(job_id, root_job | {"session": job["session"]}, cancel, key)
+
+    @staticmethod
+    def _hook(cancel: threading.Event):
+        """A step hook that only checks for cancellation (prefill)."""
+
+        def hook() -> None:
+            if cancel.is_set():
+                raise JobCancelled
+
+        return hook
+
+    def _generate(
+        self, job_id: str, job: dict, cancel: threading.Event, cached: _Cached, cfg: SampleConfig
+    ) -> None:
+        from midirwkv.infer.api import make_checker
+        from midirwkv.music.infill import splice
+        from midirwkv.music.remi import encode_score
+
+        req = cached.request
+        n = int(job["request"]["variations"])
+        seed = int(job["request"]["seed"])
+        tt = cached.st.track(req.track)
+        checker = (
+            make_checker(self.vocab, cached.score, cached.st, tt, req.start, cached.asked)
+            if cfg.control_retries
+            else None
+        )
+        # rough decoding steps of one batch: a few tokens per requested note plus each bar's header/controls
+        expected = sum(12 + 3 * (c.density if c.density is not None else 8) for c in cached.asked)
+        steps = [0]
+        folder = self.storage.job_dir(job["session"], job["upload_id"], job_id)
+        done = 0
+        while done < n:
+            rows = min(GEN_CHUNK, n - done)
+
+            def hook(base=done, rows=rows) -> None:
+                if cancel.is_set():
+                    raise JobCancelled
+                steps[0] += 1
+                if steps[0] % 8 == 0:
+                    part = min(0.95, steps[0] / max(expected, 1))
+                    self._set(job_id, progress=round((base + part * rows) / n, 4))
+
+            steps[0] = 0
+            self.model.hook = hook
+            self._set(job_id, message=f"sampling variations {done + 1}-{done + rows} of {n}")
+            outs = cached.session.generate(rows, cfg, seed + done, checker=checker)
+            self.model.hook = None
+            for k, out in enumerate(outs):
+                number = done + k + 1
+                new_score = splice(cached.score, cached.st, req, out.bars, self.vocab)
+                name = f"var_{number}.mid"
+                write_bytes_atomic(folder / name, new_score.dumps_midi())
+                new_st = encode_score(new_score, self.vocab)
+                record = {
+                    "variation": number,
+                    "seed": out.seed,
+                    "sampled_tokens": out.sampled,
+                    "file": name,
+                    "bars": bar_reports(new_st, req, cached.asked),
+                }
+                with self._lock:
+                    self._live[job_id]["variations"].append(record)
+            done += rows
+            self._set(job_id, progress=round(done / n, 4))
+            self._save(job_id)
+        self._finish(job_id, status="done", message=f"{n} variation{'s' if n > 1 else ''} ready")
+
+
+def infill_request(req_in: dict):
+    """``music.infill.InfillRequest`` from an infill job's request (1-based inclusive in, 0-based out)."""
+    from midirwkv.music.controls import BarControls
+    from midirwkv.music.infill import InfillRequest
+
+    controls = req_in.get("controls")
+    if controls is not None:
+        controls = [BarControls(**c) for c in controls]
+    return InfillRequest(
+        track=req_in["track"],
+        start=req_in["first_bar"] - 1,
+        end=req_in["last_bar"],
+        controls=controls,
+        context_bars=req_in["context_bars"],
+    )
+
+
+def bar_reports(new_st, req, asked: list) -> list[dict]:
+    """Per span bar: the controls asked, the controls measured on the result and the asked ones missed."""
+    tt = next((t for t in new_st.tracks if t.index == req.track), None)
+    out = []
+    for j, bar in enumerate(range(req.start, req.end)):
+        want = asked[j].to_dict()
+        got = tt.controls[bar].to_dict() if tt is not None else None
+        missed = [k for k, v in want.items() if v is not None and (got is None or got[k] != v)]
+        out.append({"bar": bar + 1, "asked": want, "achieved": got, "missed": missed})
+    return out

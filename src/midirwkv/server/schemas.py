@@ -1,0 +1,180 @@
+"""Typed request and response bodies of the HTTP API (they make the OpenAPI schema at ``/openapi.json``).
+
+Bar numbers are 1-based and inclusive (``first_bar=9, last_bar=12`` is four bars), like ``midirwkv inspect``
+prints them; track numbers are the 0-based Score indices the inspect response lists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+JOB_FINAL = ("done", "failed", "cancelled")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx / 5xx answer: the error class, one readable message, the argument at fault and the fix."""
+
+    error: str
+    message: str
+    argument: str | None = None
+    fix: str | None = None
+
+
+class SessionOut(BaseModel):
+    session: str = Field(description="send back as the X-Midirwkv-Session header (the page uses the cookie)")
+
+
+class BarControlsModel(_Strict):
+    """The 8 per-bar controls; a field left null is free (no control token is fed for it)."""
+
+    poly_min: int | None = Field(None, ge=1, le=6, description="fewest notes starting together (1..6)")
+    poly_max: int | None = Field(None, ge=1, le=6, description="most notes starting together (1..6)")
+    density: int | None = Field(None, ge=0, le=18, description="notes starting in the bar, 18 = 18 or more")
+    dur_whole: bool | None = None
+    dur_half: bool | None = None
+    dur_quarter: bool | None = None
+    dur_eighth: bool | None = None
+    dur_sixteenth: bool | None = None
+
+
+class TrackOut(BaseModel):
+    index: int
+    name: str
+    program: int = Field(description="General MIDI program 0..127, -1 for drums")
+    is_drum: bool
+    instrument: str
+    n_notes: int
+    bars_with_notes: int
+
+
+class VersionOut(BaseModel):
+    version: int
+    source: str = Field(description="'upload', or 'job <id> variation <k>'")
+
+
+class UploadOut(BaseModel):
+    """An uploaded song at one version: what ``midirwkv inspect`` shows, plus its history."""
+
+    upload_id: str
+    filename: str = Field(description="the client's file name, as text only (never used as a path)")
+    size: int
+    version: int = Field(description="the version described here")
+    head: int = Field(description="the current version (undo / accept move it)")
+    versions: list[VersionOut]
+    n_bars: int
+    tpq: int
+    time_sigs: list[str]
+    tempos: list[float]
+    tracks: list[TrackOut]
+    controls: dict[str, list[BarControlsModel]] = Field(
+        description="track index -> measured controls per bar"
+    )
+
+
+class UploadSummary(BaseModel):
+    upload_id: str
+    filename: str
+    size: int
+    head: int
+
+
+class NoteTrack(BaseModel):
+    index: int
+    name: str
+    program: int
+    is_drum: bool
+    instrument: str
+    notes: list[tuple[int, int, int, int]] = Field(
+        description="[start tick, duration ticks, pitch, velocity]"
+    )
+
+
+class NotesOut(BaseModel):
+    """Everything the piano roll and the browser synthesizer need."""
+
+    tpq: int
+    bar_ticks: list[int] = Field(description="n_bars + 1 bar boundaries in ticks")
+    time_sigs: list[str]
+    tempos: list[tuple[int, float]] = Field(description="[tick, quarter notes per minute] changes")
+    tracks: list[NoteTrack]
+
+
+class SamplingIn(_Strict):
+    """Sampling settings (the paper's defaults); validated again by ``SampleConfig``."""
+
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_k: int = Field(20, ge=0, le=1000)
+    top_p: float = Field(0.95, gt=0, le=1)
+    repetition_penalty: float = Field(1.2, gt=0, le=5)
+    min_prob: float = Field(9e-4, ge=0, lt=1)
+    max_notes_per_bar: int = Field(64, ge=1, le=256)
+    control_retries: int = Field(0, ge=0, le=4, description="re-sample bars that miss their controls")
+
+
+class InfillIn(_Strict):
+    """Regenerate bars ``first_bar..last_bar`` of one track."""
+
+    track: int = Field(ge=0, description="Score index of the track (see the tracks of the upload)")
+    first_bar: int = Field(ge=1, description="1-based")
+    last_bar: int = Field(ge=1, description="1-based, inclusive")
+    controls: list[BarControlsModel] | None = Field(
+        None, description="one per selected bar; null = the measured controls of the original bars"
+    )
+    variations: int = Field(1, ge=1, le=16)
+    seed: int | None = Field(None, ge=0, lt=2**31, description="variation k uses seed + k - 1; null = random")
+    context_bars: int = Field(16, ge=0, le=64)
+    sampling: SamplingIn = Field(default_factory=SamplingIn)
+    version: int | None = Field(None, ge=0, description="song version to start from; null = the current one")
+
+
+class MoreIn(_Strict):
+    """More variations of a finished infill job, sampled from its cached prompt state."""
+
+    variations: int = Field(1, ge=1, le=16)
+    seed: int | None = Field(None, ge=0, lt=2**31)
+    sampling: SamplingIn | None = Field(None, description="null = the parent job's settings")
+
+
+class AcceptIn(_Strict):
+    job_id: str
+    variation: int = Field(ge=1, description="1-based variation number")
+
+
+class BarReportOut(BaseModel):
+    bar: int = Field(description="1-based bar number")
+    asked: BarControlsModel
+    achieved: BarControlsModel | None = Field(description="null when the result left the track without notes")
+    missed: list[str]
+
+
+class VariationOut(BaseModel):
+    variation: int = Field(description="1-based")
+    seed: int
+    sampled_tokens: int
+    midi_url: str
+    bars: list[BarReportOut]
+
+
+class JobOut(BaseModel):
+    job_id: str
+    upload_id: str
+    kind: Literal["infill", "more"]
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    message: str
+    error: ErrorBody | None = None
+    base_version: int
+    parent_job: str | None = None
+    request: dict
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    queue_position: int | None = Field(None, description="jobs ahead of this one while queued")
+    variations: list[VariationOut]
