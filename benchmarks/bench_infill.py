@@ -1,0 +1,129 @@
+"""Latency of bar infilling on this CPU, end to end (parse -> write), and per extra variation from the cache.
+
+Usage:
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_infill.py [--model DIR] [--file F.mid] [--track T]
+        [--bars 17-20] [--context 16] [--repeats 3] [--threads N] [--skip-paper]
+
+Prints, for the default model (or --model) and for the paper-size architecture with random weights
+(12 x 384, vocab 16,000): the end-to-end time of a 4-bar infill with 16 bars of context, and the time of
+each further variation sampled from the session's cached prompt state. Targets: < 2 s and < 1 s.
+Random weights give garbage music, but the token counts follow the grammar guard and the real prompt,
+so the timings are representative as long as the bars hold a similar number of notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from midirwkv.config import ModelConfig, SampleConfig
+from midirwkv.infer import api
+from midirwkv.infer.session import InfillSession
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_file() -> Path:
+    """A fixture with at least 4 tracks (the case the target names), else the biggest fixture."""
+    import symusic
+
+    candidates = sorted((ROOT / "tests" / "fixtures").glob("*.mid"))
+    if not candidates:
+        sys.exit("no MIDI file: pass --file F.mid")
+    scored = [(sum(1 for t in symusic.Score(str(p)).tracks if len(t.notes)), p) for p in candidates]
+    four = [p for n, p in scored if n >= 4]
+    return four[0] if four else max(scored)[1]
+
+
+def measure(label: str, engine: api.Engine, path: Path, track: int, bars: str, context: int, repeats: int,
+            sample: SampleConfig) -> dict:
+    """Median end-to-end infill time and median time of one extra variation from the cache."""
+    end_to_end, extra, tokens, prompt_tokens = [], [], [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats + 1):                         # the first run warms up and is not counted
+            t0 = time.perf_counter()
+            score, report = api.infill(path, track=track, bars=bars, context=context, seed=r, sample=sample,
+                                       engine=engine)
+            api.save_score(score, Path(tmp) / "out.mid", protect=path)
+            if r:
+                end_to_end.append(time.perf_counter() - t0)
+            tokens.append(report.variations[0].spans[0].sampled_tokens)
+            prompt_tokens = report.variations[0].spans[0].prompt_tokens
+    # the cache: one session, then more variations one at a time
+    from midirwkv.music.infill import InfillRequest, build_prompt
+    from midirwkv.music.remi import encode_score, load_score
+
+    st = encode_score(load_score(path), engine.vocab)
+    start, end = api.parse_bar_ranges(bars)[0]
+    req = InfillRequest(track=track, start=start, end=end, context_bars=context)
+    prompt = build_prompt(engine.vocab, st, req)
+    tt = next(t for t in st.tracks if t.index == track)
+    session = InfillSession(engine.model, engine.vocab, prompt, is_drum=tt.is_drum,
+                            grammar=engine.grammar(tt.is_drum))
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        out = session.generate(1, sample, seed=100 + r)
+        if r:
+            extra.append(time.perf_counter() - t0)
+            tokens.append(out[0].sampled)
+    t0 = time.perf_counter()
+    session.generate(4, sample, seed=1000)
+    batch4 = time.perf_counter() - t0
+    e2e, var = statistics.median(end_to_end), statistics.median(extra)
+    print(f"{label}: prompt {prompt_tokens} tokens, ~{statistics.mean(tokens):.0f} sampled tokens per variation")
+    print(f"  end-to-end 4-bar infill (parse -> write): {e2e:.2f}s  target < 2 s  {'OK' if e2e < 2 else 'MISS'}")
+    print(f"  further variation from cache:             {var:.2f}s  target < 1 s  {'OK' if var < 1 else 'MISS'}")
+    print(f"  4 variations as one batch from cache:     {batch4:.2f}s")
+    return {"end_to_end": e2e, "variation": var, "batch4": batch4}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder (default: the shipped default model, if installed)")
+    parser.add_argument("--file", type=Path, help="MIDI file with several tracks (default: a tests/fixtures file)")
+    parser.add_argument("--track", type=int, default=0)
+    parser.add_argument("--bars", default="17-20")
+    parser.add_argument("--context", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-paper", action="store_true", help="skip the paper-size random-weight model")
+    args = parser.parse_args()
+    threads = api.set_threads(args.threads)
+    path = args.file or default_file()
+    sample = SampleConfig()
+    print(f"file {path.name}, track {args.track}, bars {args.bars}, context {args.context}, torch threads {threads}")
+
+    engine = None
+    try:
+        engine = api.load_engine(args.model)
+    except api.CheckpointError as exc:
+        print(f"default model: not measured ({exc})")
+    if engine is not None:
+        engine.grammar(False), engine.grammar(True)
+        n_params = sum(p.numel() for p in engine.model.parameters())
+        measure(f"model {engine.path} ({n_params / 1e6:.1f} M parameters)", engine, path, args.track, args.bars,
+                args.context, args.repeats, sample)
+
+    if not args.skip_paper:
+        from midirwkv.music.vocab import Vocab
+
+        from midirwkv.model.rwkv7 import RWKV7
+
+        vocab = engine.vocab if engine is not None else Vocab.load()
+        torch.manual_seed(0)
+        model = RWKV7(ModelConfig(vocab_size=max(16000, vocab.size))).eval()
+        paper = api.Engine(model=model, vocab=vocab)
+        paper.grammar(False), paper.grammar(True)
+        n_params = sum(p.numel() for p in model.parameters())
+        measure(f"paper-size architecture, random weights ({n_params / 1e6:.1f} M parameters)", paper, path,
+                args.track, args.bars, args.context, args.repeats, sample)
+
+
+if __name__ == "__main__":
+    main()
