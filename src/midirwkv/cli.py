@@ -29,6 +29,15 @@ bars are 1-based and inclusive (9-12 is four bars); tracks are the indices print
 Controls not given on the command line are measured from the original bars (--free-controls: left free).
 """
 
+TRAIN_EXAMPLES = """examples:
+  midirwkv prepare corpora/*.tar.gz -o cache/
+  midirwkv bpe-train cache/ -o tokenizer.json --vocab-size 4000
+  midirwkv train --data cache/ -o runs/small --tokenizer tokenizer.json --layers 4 --width 128 --max-minutes 60
+  midirwkv train --data cache/ -o runs/small --max-minutes 120      # same folder: resumes the run
+  torchrun --nproc_per_node 8 -m midirwkv train --data cache/ -o runs/paper --max-tokens 2000000000
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2) instead of usage + message."""
 
@@ -110,10 +119,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("bpe-train", help="train BPE on the train split of a token cache (bars never merged across)",
+                       epilog="example:\n  midirwkv bpe-train cache/ -o tokenizer.json --vocab-size 4000",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cache", metavar="DIR", help="token cache written by `midirwkv prepare`")
+    p.add_argument("-o", "--output", required=True, metavar="JSON", help="tokenizer file to write (not overwritten)")
+    p.add_argument("--vocab-size", type=int, default=16000, help="ids in the new vocabulary (default 16000)")
+    p.add_argument("--limit", type=int, default=None, metavar="BARS", help="read at most this many bars")
+    p.add_argument("--split", default="train", choices=("train", "valid", "test"))
+    p.set_defaults(func=cmd_bpe_train)
+
+    p = sub.add_parser("train", help="pre-train (or continue training) a model on a token cache",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="token cache written by `midirwkv prepare`")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="run folder (logs, checkpoints, final/)")
+    p.add_argument("--config", metavar="JSON", help="TrainConfig fields as JSON; flags given here override it")
+    p.add_argument("--tokenizer", metavar="JSON", help="tokenizer the model uses (default: the shipped one)")
+    p.add_argument("--init-from", metavar="DIR", help="checkpoint folder whose weights start a new run")
+    p.add_argument("--layers", type=int, help="model depth (default: the paper's 12)")
+    p.add_argument("--width", type=int, help="model width (default: the paper's 384)")
+    p.add_argument("--head-size", type=int, help="channels per head (default 64)")
+    p.add_argument("--lora-dim", type=int, metavar="N",
+                   help="low-rank dim of decay/a/v projections (gate gets 2N; default 32)")
+    for flag, kind, text in (("--ctx-len", int, "tokens per sequence"), ("--micro-batch", int, "sequences per step"),
+                             ("--grad-accum", int, "micro-batches per optimizer step"), ("--lr", float, "peak lr"),
+                             ("--lr-floor", float, "final lr"), ("--warmup-steps", int, "linear warm-up steps"),
+                             ("--max-steps", int, "stop after N steps"), ("--max-tokens", int, "stop after N tokens"),
+                             ("--max-minutes", float, "stop after N minutes of training (summed over resumes)"),
+                             ("--eval-every", int, "validate every N steps"),
+                             ("--eval-batches", int, "micro-batches per validation"),
+                             ("--ckpt-every", int, "resumable checkpoint every N steps"),
+                             ("--seed", int, "seed"), ("--threads", int, "torch CPU threads"),
+                             ("--workers", int, "sample-building worker processes")):
+        p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--arch", choices=("rwkv7", "gpt2"), help="rwkv7 (default) or the gpt2 Transformer baseline")
+    p.add_argument("--no-resume", action="store_true", help="start over even if the run folder has checkpoints")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("inspect", help="tracks, bars, meters and per-bar controls of a MIDI file")
     p.add_argument("input", metavar="IN.mid")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
+
+    from midirwkv import cli_eval, cli_style   # their subcommands live beside their layers' CLIs
+    cli_style.register(sub)
+    cli_eval.register(sub)
     return parser
 
 
@@ -237,6 +288,67 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"  dropped {count}: {reason}")
     for split, numbers in report.per_split.items():
         print(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
+    return 0
+
+
+def cmd_bpe_train(args: argparse.Namespace) -> int:
+    """``midirwkv bpe-train``: learn BPE merges inside bars of a token cache's split."""
+    from midirwkv.data.dataset import TokenCache
+    from midirwkv.music.vocab import Vocab, train_bpe
+
+    out = Path(args.output)
+    if out.exists():
+        raise BadRequestError("the output file exists", argument="--output", value=str(out),
+                              fix="choose a new file name (tokenizers are never overwritten: ids would drift)")
+    if args.vocab_size < Vocab.load().base_size:
+        raise BadRequestError("--vocab-size is smaller than the base vocabulary", argument="--vocab-size",
+                              value=args.vocab_size, fix=f"use at least {Vocab.load().base_size}")
+    t0 = time.perf_counter()
+    cache = TokenCache(args.cache, args.split)
+    new = train_bpe(Vocab.load(), cache.iter_bars(limit=args.limit), args.vocab_size)
+    new.save(out)
+    print(f"wrote {out}: {new.size} ids ({new.base_size} base) in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``midirwkv train``: one resumable pre-training run (``torchrun`` for several processes)."""
+    from midirwkv.config import ModelConfig, TrainConfig
+    from midirwkv.train.loop import train
+
+    fields: dict = {}
+    if args.config:
+        fields.update(json.loads(_input_path(args.config).read_text()))
+    fields.update(data_dir=args.data, out_dir=args.output)
+    for name in ("arch", "tokenizer", "init_from", "ctx_len", "micro_batch", "grad_accum", "lr", "lr_floor", "warmup_steps",
+                 "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_batches", "ckpt_every", "seed",
+                 "threads", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.no_resume:
+        fields["resume"] = False
+    if args.quiet:
+        fields["progress"] = False
+    shape = {k: v for k, v in (("n_layer", args.layers), ("n_embd", args.width), ("head_size", args.head_size))
+             if v is not None}
+    if args.lora_dim is not None:
+        shape.update(decay_lora=args.lora_dim, aaa_lora=args.lora_dim, mv_lora=args.lora_dim,
+                     gate_lora=2 * args.lora_dim)
+    if shape:
+        if args.init_from:
+            raise BadRequestError("--init-from fixes the model shape", argument="--layers/--width",
+                                  value=shape, fix="drop the shape flags when starting from a checkpoint")
+        base = fields.get("model") or {}
+        if isinstance(base, str):
+            base = json.loads(_input_path(base).read_text())
+        if "vocab_size" not in base:
+            from midirwkv.music.vocab import Vocab
+            base["vocab_size"] = Vocab.load(fields["tokenizer"]).size if fields.get("tokenizer") else Vocab.load().size
+        fields["model"] = ModelConfig.from_dict({**base, **shape}).to_dict()
+    result = train(TrainConfig(**fields))
+    print(json.dumps({k: v for k, v in vars(result).items() if isinstance(v, (int, float, str, type(None)))},
+                     default=str))
     return 0
 
 

@@ -200,6 +200,8 @@ class TrainConfig:
     """Write a training row to the CSV log every this many steps (validation rows are always written)."""
     seed: int = 0
     """Seed of the model initialisation and of the data order and samples."""
+    arch: str = "rwkv7"
+    """``"rwkv7"``, or ``"gpt2"`` for the Transformer baseline of the same shape (``model.gpt2``; evaluation only)."""
     dtype: str = "auto"
     """``"auto"``: bf16 autocast on CUDA, fp32 on CPU; ``"bf16"``, ``"fp32"`` force one (bf16 needs CUDA)."""
     device: str = "auto"
@@ -240,6 +242,7 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "use 0 for off or e.g. 1.0"),
             ("p_track", 0 <= self.p_track <= 1, "use a probability in [0, 1]"),
             ("val_split", self.val_split in ("train", "valid", "test"), "use 'valid', 'test' or 'train'"),
+            ("arch", self.arch in ("rwkv7", "gpt2"), "use 'rwkv7' (the product) or 'gpt2' (the baseline)"),
             ("dtype", self.dtype in ("auto", "bf16", "fp32"), "use 'auto', 'bf16' or 'fp32'"),
             ("device", self.device in ("auto", "cpu", "cuda"), "use 'auto', 'cpu' or 'cuda'"),
         )

@@ -531,7 +531,14 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                               value=model_cfg, fix=f"resume with the shape in {resume_dir} or use a new out_dir")
 
     torch.manual_seed(cfg.seed)
-    model = RWKV7(model_cfg)
+    if cfg.arch == "gpt2":
+        from midirwkv.model.gpt2 import GPT2Baseline
+        if init_model is not None:
+            raise BadRequestError("init_from is for RWKV-7 runs", argument="init_from", value=cfg.init_from,
+                                  fix="train the baseline from scratch")
+        model = GPT2Baseline(model_cfg, cfg.ctx_len)
+    else:
+        model = RWKV7(model_cfg)
     if init_model is not None:
         # a plain copy: LoRA / state-tuned folders must be merged into plain weights first (tune.py's export)
         load_weights(model, init_model.state_dict(), source=cfg.init_from)
@@ -690,7 +697,11 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                 "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
                 "last_train_loss": last_loss, "train_config": cfg.to_dict(),
                 "init_from": cfg.init_from or None, "init_meta": init_meta}
-        final_dir = save_checkpoint(out_dir / FINAL_DIR, model, tok_path, meta)
+        if cfg.arch == "gpt2":
+            from midirwkv.model.gpt2 import save_baseline
+            final_dir = save_baseline(out_dir / FINAL_DIR, model, tok_path, meta)
+        else:
+            final_dir = save_checkpoint(out_dir / FINAL_DIR, model, tok_path, meta)
     barrier()
     return TrainResult(steps=step, tokens=tokens, elapsed_s=elapsed(), tokens_per_s=session_tokens / max(session_s,
                        1e-9), train_loss=last_loss, val_loss=val_loss, val_span_loss=val_span, val_curve=val_curve,
