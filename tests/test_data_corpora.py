@@ -400,3 +400,18 @@ def test_in_memory_tar_member_reading(tmp_path):
     (tmp_path / "a.tar.gz").write_bytes(buf.getvalue())
     got = list(corpora.read_member_bytes(tmp_path / "a.tar.gz"))
     assert [n for n, _ in got] == [f"d/{p.name}" for p in REAL[:2]]
+
+
+def test_corrupt_gzip_wrapped_member_is_a_bad_midi_not_a_crash():
+    """A scraped archive holds a gzip-wrapped file whose deflate stream is broken (zlib.error, not OSError)."""
+    import gzip as _gzip
+
+    from midirwkv.data.corpora import unwrap_midi_bytes
+    from midirwkv.errors import BadMidiError
+
+    raw = (Path(__file__).parent / "fixtures" / "bach" / "bwv66_6.mid").read_bytes()
+    packed = bytearray(_gzip.compress(raw * 4))
+    for i in range(20, len(packed) - 20, 7):
+        packed[i] ^= 0x5A
+    with pytest.raises(BadMidiError, match="gzip"):
+        unwrap_midi_bytes(bytes(packed))

@@ -55,6 +55,7 @@ import re
 import shutil
 import sys
 import tarfile
+import zlib
 import threading
 import time
 from collections import Counter
@@ -228,7 +229,7 @@ def _iter_members(src: Source | BytesSource) -> Iterator[_Member]:
                     yield _Member(info.name, stamp, None, error="no data in archive member")
                     continue
                 yield _Member(info.name, stamp, handle.read())
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read archive: {exc}", argument="sources", value=str(src.path),
                         fix="check the file is a complete .tar.gz (re-download it)") from exc
 
@@ -245,7 +246,7 @@ def unwrap_midi_bytes(data: bytes) -> bytes:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise BadMidiError("gzip-wrapped file is corrupt", argument="data", value=len(data),
                                fix="re-download the file") from exc
     if data[:4] == b"RIFF" and data[8:12] == b"RMID":
