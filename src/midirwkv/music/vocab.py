@@ -32,6 +32,7 @@ SPECIAL_TOKENS = ["PAD", "BOS", "EOS", "Infill_Bar", "Infill_Track", "FillBar_St
 TIME_SIGNATURES = {8: [3, 6, 12], 4: [1, 2, 3, 4, 5, 6]}
 BEAT_RES = {(0, 1): 12, (1, 2): 4, (2, 4): 2, (4, 8): 1}
 DEFAULT_BPE_SIZE = 16000
+_BPE_MEMO_SIZE = 200_000   # note bodies remembered per Vocab (about 100 MB at most)
 
 
 def make_tokenizer_config():
@@ -88,6 +89,7 @@ class Vocab:
         self._pieces: list[tuple[int, ...]] = [(i,) for i in range(self.base_size)]
         self._names = list(self._base_names)
         self._model = tokenizer._model
+        self._bpe_memo: dict[tuple[int, ...], tuple[int, ...]] = {}
         if self._model is not None:
             byte_to_id = {b: i for i, b in tokenizer._vocab_base_id_to_byte.items()}
             hf_vocab = self._model.get_vocab()
@@ -174,11 +176,16 @@ class Vocab:
         k = 0
         while k < len(ids) and (self._kind[ids[k]] in ("Bar", "TimeSig") or ids[k] in self._control_ids):
             k += 1
-        body = ids[k:]
+        body = tuple(ids[k:])
         if not body:
             return ids
-        text = "".join(self._id_to_byte[i] for i in body)
-        return ids[:k] + self._model.encode(text).ids
+        merged = self._bpe_memo.get(body)
+        if merged is None:
+            # bars repeat a lot in music, and a training sample encodes each context bar several times
+            if len(self._bpe_memo) >= _BPE_MEMO_SIZE:
+                self._bpe_memo.clear()
+            merged = self._bpe_memo[body] = tuple(self._model.encode("".join(self._id_to_byte[i] for i in body)).ids)
+        return ids[:k] + list(merged)
 
     def bpe_many(self, bars: Sequence[Sequence[int]]) -> list[list[int]]:
         """``bpe`` of several bars (batched through the HF tokenizer)."""
