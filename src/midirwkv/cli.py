@@ -17,6 +17,7 @@ from pathlib import Path
 from midirwkv import __version__
 from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.infer.api import parse_bar_ranges, parse_durations, parse_int_range
+from midirwkv.infer.style import parse_style_args
 
 INFILL_EXAMPLES = """examples:
   midirwkv inspect song.mid
@@ -27,6 +28,25 @@ INFILL_EXAMPLES = """examples:
 
 bars are 1-based and inclusive (9-12 is four bars); tracks are the indices printed by `midirwkv inspect`.
 Controls not given on the command line are measured from the original bars (--free-controls: left free).
+"""
+
+ADD_TRACK_EXAMPLES = """examples:
+  midirwkv add-track song.mid --program 33 --name Bass -o song_bass.mid        # a new electric bass track
+  midirwkv add-track song.mid --drums --density 4-12 --variations 3 --seed 7 -o drums.mid
+                                                               # writes drums_v1.mid ... drums_v3.mid
+  midirwkv add-track song.mid --regenerate 1 --polyphony 1-2 -o song_new_track1.mid   # rewrite track 1
+
+The track is written over every bar of the file (real meters) and ends at its last bar; every other track
+keeps its notes. Track controls: --density N or MIN-MAX notes per bar (0..18), --polyphony MIN-MAX (1..6),
+--durations (note lengths that occur), --repetition 0..9. A new track leaves the others free; --regenerate
+measures them from the original track (--free-controls: left free). Drum tracks take --density only.
+"""
+
+SERVE_EXAMPLES = """examples:
+  midirwkv serve                                  # http://127.0.0.1:8000 with the shipped model
+  midirwkv serve --port 8080 --data-dir ~/midirwkv-data --model runs/small/final --threads 4
+
+Uploads and results live under --data-dir (they survive a restart). The API is described at /docs.
 """
 
 TRAIN_EXAMPLES = """examples:
@@ -51,6 +71,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or timings on stderr")
+    g.add_argument("--style", action="append", metavar="FILE[:WEIGHT]",
+                   help="start from a learned style (`midirwkv tune-state`); repeat with weights summing to 1 "
+                        "for a blend, e.g. --style a.safetensors:0.7 --style b.safetensors:0.3")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -102,6 +125,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_infill)
+
+    p = sub.add_parser("add-track", help="write a new track for an instrument, or regenerate a whole track",
+                       epilog=ADD_TRACK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Write a whole track over every bar of the file with the other tracks as "
+                                   "context; the input is never modified.")
+    p.add_argument("input", metavar="IN.mid")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--program", type=int, metavar="P", help="General MIDI program 0..127 of a new track")
+    what.add_argument("--drums", action="store_true", help="a new drum track")
+    what.add_argument("--regenerate", type=int, metavar="T", help="write existing track T again from scratch")
+    p.add_argument("--name", default="", help="name of the new track (default: the instrument)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
+                   help="cap on prompt tokens (default 65536: the whole file is context)")
+    p.add_argument("-o", "--output", metavar="OUT.mid", help="output file (default: IN_add_<instrument>.mid)")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the control report as JSON")
+    g = p.add_argument_group("track controls (of the whole written track)")
+    g.add_argument("--density", metavar="N|MIN-MAX", help="notes per bar, 0..18 (18 means 18 or more), e.g. 4-10")
+    g.add_argument("--polyphony", metavar="MIN-MAX", help="notes starting together, 1..6, e.g. 1-3")
+    g.add_argument("--durations", metavar="LIST", help="note lengths that occur: comma list of whole,half,"
+                                                      "quarter,eighth,sixteenth,thirtysecond (or none)")
+    g.add_argument("--repetition", type=int, metavar="0..9", help="share of bars repeating one of the 4 before")
+    g.add_argument("--free-controls", action="store_true",
+                   help="with --regenerate: leave controls not given here free instead of measuring them")
+    _add_sampling_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_add_track)
+
+    p = sub.add_parser("serve", help="the local web page and HTTP API (infill by clicking bars)",
+                       epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--data-dir", default="midirwkv-data", metavar="DIR",
+                   help="folder for uploads and results (default ./midirwkv-data)")
+    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("prepare", help="scan, validate, deduplicate, split and tokenise MIDI corpora",
                        epilog="example:\n  midirwkv prepare /data/pop909::4/4 /data/lakh.tar.gz -o cache/ --workers 4",
@@ -259,13 +318,71 @@ def cmd_infill(args: argparse.Namespace) -> int:
         source, spans=[api.Span(track=t, bars=b) for t, b in spans], density=args.density,
         polyphony=args.polyphony, durations=args.durations, free_controls=args.free_controls,
         context=args.context, max_prompt_tokens=args.max_prompt_tokens, variations=args.variations,
-        seed=args.seed, sample=sample, engine=engine, progress=progress)
+        seed=args.seed, sample=sample, engine=engine, progress=progress, style=parse_style_args(args.style))
     for score, path in zip(report.scores, outputs):
         api.save_score(score, path, protect=source)
         progress(f"wrote {path}")
     _write_report(args.report, report)
     if not args.quiet:
         sys.stderr.write(report.summary() + "\n")
+    return 0
+
+
+def cmd_add_track(args: argparse.Namespace) -> int:
+    """``midirwkv add-track``: write a new (or regenerated) whole track, one file per variation."""
+    from midirwkv.infer import api
+
+    progress = _Progress(args.quiet)
+    source = _input_path(args.input)
+    if args.variations < 1:
+        raise BadRequestError("--variations must be 1 or more", argument="--variations", value=args.variations,
+                              fix="e.g. --variations 4")
+    if args.program is not None and not 0 <= args.program <= 127:
+        raise BadRequestError("--program must be a General MIDI program 0..127", argument="--program",
+                              value=args.program, fix="e.g. --program 33 (electric bass); --drums for drums")
+    program = -1 if args.drums else args.program
+    is_drum = program == -1
+    # reject bad control values before the model is loaded
+    api.track_controls(density=args.density, polyphony=args.polyphony, durations=args.durations,
+                       repetition=args.repetition, is_drum=is_drum)
+    if args.regenerate is not None:
+        tag = f"regen_track{args.regenerate}"
+    else:
+        tag = "add_drums" if is_drum else f"add_program{program}"
+    outputs = api.output_paths(source, args.output, args.variations, tag)
+    sample = _sample_config(args)
+    engine = api.load_engine(args.model, threads=args.threads, progress=progress)
+    _, report = api.add_track(
+        source, program, regenerate=args.regenerate, name=args.name, density=args.density,
+        polyphony=args.polyphony, durations=args.durations, repetition=args.repetition,
+        free_controls=args.free_controls, max_prompt_tokens=args.max_prompt_tokens, variations=args.variations,
+        seed=args.seed, sample=sample, engine=engine, progress=progress, style=parse_style_args(args.style))
+    for score, path in zip(report.scores, outputs):
+        api.save_score(score, path, protect=source)
+        progress(f"wrote {path}")
+    _write_report(args.report, report)
+    if not args.quiet:
+        sys.stderr.write(report.summary() + "\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``midirwkv serve``: load the model once, serve the page and the API until interrupted."""
+    if not 0 < args.port < 65536:
+        raise BadRequestError("--port must be 1..65535", argument="--port", value=args.port, fix="e.g. --port 8000")
+    if args.threads is not None and args.threads < 1:
+        raise BadRequestError("--threads must be 1 or more", argument="--threads", value=args.threads,
+                              fix="e.g. --threads 4")
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise BadRequestError("--data-dir is a file", argument="--data-dir", value=str(data_dir),
+                              fix="name a folder (it is created when missing)")
+    from midirwkv.server.app import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.stderr.write(f"midirwkv serve: warning: listening on {args.host}: other machines can reach the "
+                         "server (it has no login)\n")
+    serve(args.host, args.port, data_dir, args.model, threads=args.threads)
     return 0
 
 
@@ -374,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MidiRwkvError as exc:
         sys.stderr.write(f"midirwkv {args.command}: error: {exc}\n")
         return exc.exit_code
+    except BrokenPipeError:   # e.g. `midirwkv inspect song.mid | head`: the reader left, nothing is wrong
+        return 0
     except OSError as exc:
         sys.stderr.write(f"midirwkv {args.command}: error: {exc.strerror or exc} ({exc.filename or ''})\n")
         return 1

@@ -1,0 +1,232 @@
+"""Publish a trained run as the bundled default model, with its model card.
+
+``python -m midirwkv.train.card RUN_DIR [--out src/midirwkv/assets/default_model] [--notes NOTES.md]``
+
+Copies ``RUN_DIR/final`` (weights, config, tokenizer, meta) into ``--out``, draws the validation curve from
+``RUN_DIR/train_log.csv`` and writes ``MODEL_CARD.md`` from the numbers the run recorded. A model already in
+``--out`` is replaced only when the new one is measurably better: a lower validation loss with the same
+tokenizer (pass ``--force`` to replace it anyway, e.g. after a tokenizer change, and say why in the notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from midirwkv.errors import BadRequestError, CheckpointError, MidiRwkvError
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+MAX_BYTES = 50 * 1024 * 1024
+FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")
+
+LICENCES = {
+    "ultimate-midi-scraper": "rp-bot/Ultimate-MIDI-Scraper: no licence stated for the music (research use; files "
+                             "not redistributed, only weights trained on them)",
+    "midi-archive": "reubenson/midi-archive: code MIT, files third-party (research use)",
+    "midi-archives-jazz-etc": "bsubedi26/midi-archives: code MIT, files third-party (research use)",
+    "pop909": "POP909: MIT",
+    "nottingham": "Nottingham (jukedeck): GPL-3",
+}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _meta(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read meta.json ({exc})", argument="run_dir", value=str(folder),
+                              fix="pass a run folder whose training finished (it holds final/meta.json)") from exc
+
+
+def _last_val(meta: dict) -> tuple[float | None, float | None]:
+    curve = meta.get("val_curve") or []
+    if not curve:
+        return None, None
+    return curve[-1]["val_loss"], curve[-1]["val_span_loss"]
+
+
+def _params(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        for name in fh.keys():
+            n = 1
+            for d in fh.get_slice(name).get_shape():
+                n *= d
+            total += n
+    return total
+
+
+def _source_licences(sources: Sequence[str]) -> list[str]:
+    out = []
+    for src in sources:
+        name = Path(str(src).split("::")[0]).name
+        match = next((text for key, text in LICENCES.items() if name.startswith(key)), "licence: see the source")
+        out.append(f"- `{name}`: {match}")
+    return out
+
+
+def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
+    """Write ``out/MODEL_CARD.md`` from a checkpoint's ``meta.json`` (numbers only as recorded)."""
+    cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    tcfg = meta.get("train_config") or {}
+    manifest = meta.get("data_manifest") or {}
+    val, span = _last_val(meta)
+    curve = meta.get("val_curve") or []
+    best = min((c["val_loss"] for c in curve), default=None)
+    from midirwkv.music.vocab import Vocab
+
+    vocab = Vocab.load(out / "tokenizer.json")
+    splits = manifest.get("per_split", {})
+    lines = [
+        "# midirwkv default model",
+        "",
+        f"RWKV-7 (x070), {cfg['n_layer']} layers x {cfg['n_embd']} wide, head size {cfg['head_size']}, "
+        f"FFN {cfg.get('dim_ffn') or 4 * cfg['n_embd']}, low-rank dims {cfg['decay_lora']}/{cfg['aaa_lora']}/"
+        f"{cfg['mv_lora']}/{cfg['gate_lora']}: {params / 1e6:.2f} M parameters, "
+        f"{(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB (fp32 safetensors).",
+        f"Tokenizer: MidiTok 3.1.0 MMM/REMI base of {vocab.base_size} ids + BPE inside bars to {vocab.size} ids "
+        "(`tokenizer.json`, shipped beside the weights).",
+        "",
+        "## Training",
+        "",
+        f"- Steps: {meta.get('steps')}; tokens seen: {meta.get('tokens_seen'):,}; training wall time: "
+        f"{meta.get('elapsed_s', 0) / 60:.1f} min on {tcfg.get('threads') or 'all'} CPU thread(s) of a 2-core machine.",
+        f"- Context {tcfg.get('ctx_len')} tokens, {tcfg.get('micro_batch')} x {tcfg.get('grad_accum')} sequences per "
+        f"step, AdamW lr {tcfg.get('lr')} (warm-up {tcfg.get('warmup_steps')} steps, cosine to "
+        f"{tcfg.get('lr_floor')}), betas {tcfg.get('betas')}, weight decay {tcfg.get('weight_decay')} on matrices, "
+        f"grad clip {tcfg.get('grad_clip')}, track-infilling samples p={tcfg.get('p_track')}, pitch/velocity "
+        f"augmentation {'on' if tcfg.get('augment') else 'off'}, seed {tcfg.get('seed')}.",
+        f"- Started from: {meta.get('init_from') or 'random initialisation'}.",
+        "",
+        "## Data",
+        "",
+        f"{manifest.get('n_kept', '?')} of {manifest.get('n_files', '?')} files kept after validation and "
+        "de-duplication (`midirwkv prepare`; split by content hash):",
+        "",
+        "| split | files | tracks | bars | base tokens |",
+        "|---|---|---|---|---|",
+        *(f"| {k} | {v.get('files')} | {v.get('tracks')} | {v.get('bars')} | {v.get('tokens'):,} |"
+          for k, v in splits.items()),
+        "",
+        "Sources and licences:",
+        *_source_licences(manifest.get("sources", [])),
+        "",
+        "## Validation",
+        "",
+        f"- Validation loss (all predicted tokens, nats/token): last {val:.4f}, best {best:.4f}." if val is not None
+        else "- No validation was recorded.",
+        f"- Infill-span loss (the generated bars alone, nats/token): {span:.4f}." if span is not None else "",
+        "- Measured on a fixed set of validation samples of the held-out split (the same at every validation).",
+        "",
+        "![validation curve](val_curve.png)",
+        "",
+    ]
+    if notes:
+        lines += [notes.strip(), ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        "midirwkv prepare " + " ".join(manifest.get("sources", [])) + " -o cache/scraped",
+        f"midirwkv bpe-train cache/scraped -o bpe{vocab.size}.json --vocab-size {vocab.size} --limit 1000000",
+        f"midirwkv train --data cache/scraped -o runs/default --tokenizer bpe{vocab.size}.json "
+        f"--layers {cfg['n_layer']} --width {cfg['n_embd']} --head-size {cfg['head_size']} "
+        f"--lora-dim {cfg['decay_lora']} --ctx-len {tcfg.get('ctx_len')} --micro-batch {tcfg.get('micro_batch')} "
+        f"--lr {tcfg.get('lr')} --lr-floor {tcfg.get('lr_floor')} --warmup-steps {tcfg.get('warmup_steps')} "
+        f"--max-minutes {tcfg.get('max_minutes')} --eval-every {tcfg.get('eval_every')} "
+        f"--eval-batches {tcfg.get('eval_batches')} --threads {tcfg.get('threads')} --seed {tcfg.get('seed')}",
+        "python -m midirwkv.train.card runs/default",
+        "```",
+        "",
+        "To continue training on a new machine (the resumable checkpoints stay outside git), start a new run from "
+        "these weights: `midirwkv train --data cache/scraped -o runs/next --init-from "
+        "src/midirwkv/assets/default_model --max-minutes 120`, then publish it with the command above; it replaces "
+        "this model only if its validation loss is lower.",
+        "",
+    ]
+    path = out / "MODEL_CARD.md"
+    path.write_text("\n".join(line for line in lines if line is not None) + "\n", encoding="utf-8")
+    return path
+
+
+def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "", force: bool = False) -> Path:
+    """Copy ``run_dir/final`` into ``out`` (atomically) with a validation curve and a model card."""
+    from midirwkv.train.loop import plot_curves
+
+    run_dir, out = Path(run_dir), Path(out)
+    final = run_dir / "final"
+    missing = [f for f in FILES if not (final / f).is_file()]
+    if missing:
+        raise CheckpointError(f"the run has no finished model ({', '.join(missing)} missing)", argument="run_dir",
+                              value=str(run_dir), fix="let `midirwkv train` finish (or stop it with Ctrl-C and "
+                                                      "rerun it with the same folder and a smaller --max-minutes)")
+    if (final / "model.safetensors").stat().st_size > MAX_BYTES:
+        raise BadRequestError("the weights exceed the 50 MB the package may bundle", argument="run_dir",
+                              value=str(run_dir), fix="publish a smaller model")
+    meta = _meta(final)
+    new_val, _ = _last_val(meta)
+    if out.is_dir() and (out / "meta.json").is_file() and not force:
+        old_val, _ = _last_val(_meta(out))
+        same_tok = (out / "tokenizer.json").is_file() and _sha(out / "tokenizer.json") == _sha(final / "tokenizer.json")
+        if not same_tok:
+            raise BadRequestError("the new model uses another tokenizer: losses are not comparable",
+                                  argument="--force", value=False,
+                                  fix="compare them with `midirwkv evaluate` (bits per note), then pass --force")
+        if old_val is not None and (new_val is None or new_val >= old_val):
+            raise BadRequestError("the new model is not better than the bundled one", argument="run_dir",
+                                  value=f"val loss {new_val} vs {old_val}", fix="train longer, or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in FILES:
+            shutil.copyfile(final / f, tmp / f)
+        if (run_dir / "train_log.csv").is_file():
+            plot_curves(run_dir / "train_log.csv", tmp / "val_curve.png")
+            shutil.copyfile(run_dir / "train_log.csv", tmp / "train_log.csv")
+        write_card(tmp, meta, _params(tmp), notes)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m midirwkv.train.card", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="folder of a finished `midirwkv train` run")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="model folder to write (default: the bundled one)")
+    parser.add_argument("--notes", help="Markdown file appended to the card (e.g. how the size was chosen)")
+    parser.add_argument("--force", action="store_true", help="replace the bundled model even if not better")
+    args = parser.parse_args(argv)
+    try:
+        notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+        out = publish(args.run_dir, args.out, notes, args.force)
+    except MidiRwkvError as exc:
+        sys.stderr.write(f"card: error: {exc}\n")
+        return exc.exit_code
+    print(f"published {args.run_dir} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

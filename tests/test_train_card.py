@@ -1,0 +1,72 @@
+"""Publishing a finished run as the bundled model: files, card numbers, and the better-only rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from midirwkv.config import ModelConfig, TrainConfig
+from midirwkv.errors import BadRequestError, CheckpointError
+from midirwkv.train.card import publish
+from midirwkv.train.loop import train
+
+CORPUS = Path(__file__).parent / "fixtures" / "corpus" / "pop909"
+TINY = {"n_layer": 2, "n_embd": 64, "head_size": 32, "decay_lora": 8, "aaa_lora": 8, "mv_lora": 8, "gate_lora": 16}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from midirwkv.data import prepare_corpus
+    from midirwkv.music.vocab import Vocab
+
+    root = tmp_path_factory.mktemp("card")
+    prepare_corpus([f"{CORPUS}::4/4"], root / "cache", workers=1, progress=False, splits=(0.6, 0.2, 0.2))
+    out = {}
+    for name, steps in (("short", 2), ("long", 8)):
+        cfg = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / name),
+                          model=ModelConfig(vocab_size=Vocab.load().size, **TINY), ctx_len=96, micro_batch=2,
+                          max_steps=steps, warmup_steps=1, lr=3e-3, eval_every=steps, eval_batches=2,
+                          progress=False, threads=1)
+        train(cfg)
+        out[name] = root / name
+    return root, out
+
+
+def test_publish_writes_weights_card_and_curve_from_recorded_numbers(runs):
+    root, run = runs
+    dest = publish(run["short"], root / "model")
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "meta.json", "val_curve.png", "MODEL_CARD.md"):
+        assert (dest / name).is_file(), name
+    meta = json.loads((dest / "meta.json").read_text())
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert f"Steps: {meta['steps']}" in card and f"{meta['tokens_seen']:,}" in card
+    assert f"{meta['val_curve'][-1]['val_loss']:.4f}" in card
+    assert "POP909: MIT" in card
+
+
+def test_publish_replaces_only_a_worse_model(runs):
+    root, run = runs
+    dest = root / "better_only"
+    publish(run["long"], dest)
+    before = (dest / "model.safetensors").read_bytes()
+    with pytest.raises(BadRequestError, match="not better"):
+        publish(run["short"], dest)                          # 2 steps lose to 8 steps
+    assert (dest / "model.safetensors").read_bytes() == before
+    publish(run["short"], dest, force=True)
+    assert (dest / "model.safetensors").read_bytes() != before
+
+
+def test_unfinished_run_is_a_clear_error(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match="no finished model"):
+        publish(tmp_path / "run", tmp_path / "model")
+
+
+def test_command_line_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "midirwkv.train.card", str(tmp_path), "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "no finished model" in proc.stderr and "Traceback" not in proc.stderr
