@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,12 @@ def _music_types() -> tuple[type, type, type]:
     from midirwkv.music.controls import BarControls
     from midirwkv.music.remi import ScoreTokens, TrackTokens
     return ScoreTokens, TrackTokens, BarControls
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_controls(row: tuple[int, ...], controls_type: type) -> Any:
+    """``row_to_controls`` memoised: a corpus holds few distinct rows, and BarControls is immutable."""
+    return row_to_controls(row, controls_type)
 
 
 def row_to_controls(row: Sequence[int], controls_type: type) -> Any:
@@ -139,7 +146,7 @@ class TokenCache:
             flat = np.asarray(tok[offs[0]:offs[-1]], dtype=np.int64)
             rel = offs - offs[0]
             bars = [flat[rel[j]:rel[j + 1]].tolist() for j in range(b1 - b0)]
-            controls = [row_to_controls(row, controls_cls) for row in np.asarray(ctrl[b0:b1])]
+            controls = [_cached_controls(tuple(row), controls_cls) for row in np.asarray(ctrl[b0:b1]).tolist()]
             program = int(self._array("track_program")[t])
             tracks.append(track_cls(index=int(self._array("track_index")[t]), program=program,
                                     is_drum=bool(self._array("track_is_drum")[t]), name=names[k], bars=bars,

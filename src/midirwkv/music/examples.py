@@ -137,7 +137,10 @@ def _bar_sample(st: ScoreTokens, vocab, rng, ctx_len: int, notes, ps: int, vs: i
         fill_rest = sum(len(x) for x in body) + 1 + sum(
             2 + len(tt.controls[b].to_tokens(tt.is_drum)) for b in range(start + 1, end))
         budget = ctx_len - fill_rest
-        req = InfillRequest(track=tt.index, start=start, end=end, context_bars=bars, max_prompt_tokens=max(1, budget))
+        # every context bar costs at least 2 tokens (Bar, TimeSig) in every track: no wider window can fit, so
+        # build_prompt need not encode the rest of the file
+        reach = min(bars, ctx_len // (2 * len(st.tracks)) + 1)
+        req = InfillRequest(track=tt.index, start=start, end=end, context_bars=reach, max_prompt_tokens=max(1, budget))
         try:
             prompt = build_prompt(vocab, st, req)
             break
