@@ -270,3 +270,129 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    """Settings of style adaptation (``midirwkv.train.style``): state tuning or LoRA on a few songs.
+
+    Defaults are the paper's where it says (state lr 5e-2, 16 epochs, LoRA rank = alpha = 4 or 32 on
+    receptance/key/value/output and FFN key/value); the rest is sized for a CPU.
+    """
+
+    method: str = "state"
+    """``"state"`` (learn only the initial WKV state of each layer) or ``"lora"`` (learn only LoRA matrices)."""
+    epochs: int = 16
+    """Passes over the training songs (the paper's 16)."""
+    samples_per_song: int = 1
+    """Training samples (random span, tracks, augmentation) drawn from each song per epoch."""
+    lr: float = 0.0
+    """Peak learning rate; 0 means the method's default: 5e-2 for the state (paper), 1e-3 for LoRA (ours)."""
+    lr_final: float = -1.0
+    """Learning rate the cosine decays to at the last step; -1 means constant (= ``lr``)."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas (RWKV-PEFT's)."""
+    eps: float = 1e-8
+    """Adam epsilon (RWKV-PEFT's)."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm of the trained tensors to this (0 = off)."""
+    micro_batch: int = 4
+    """Samples per optimizer step."""
+    ctx_len: int = 1024
+    """Tokens per training sample (windowed by whole bars; the paper used 2048)."""
+    p_track: float = 0.25
+    """Probability of a track-infilling sample (else bar infilling), as in pre-training."""
+    augment: bool = True
+    """Pitch (+-6) and velocity (+-2) augmentation of training samples (never of validation samples)."""
+    meter: str = ""
+    """Read every song in this meter, e.g. ``"4/4"`` (POP909 declares 1/4); empty: the files' own meters."""
+    max_songs: int = 0
+    """Use at most this many songs (in sorted name order, before the split); 0 = all."""
+    val_fraction: float = 0.1
+    """Share of the songs held out for validation (at least one song when there are two or more)."""
+    val_samples_per_song: int = 2
+    """Fixed (seeded, unaugmented) validation samples per held-out song."""
+    patience: int = 3
+    """Stop after this many epochs without a validation improvement (0 = never stop early)."""
+    min_delta: float = 1e-3
+    """Smallest drop of the validation loss (nats per token) that counts as an improvement."""
+    min_bars: int = 4
+    """Songs with fewer bars are too short for a sample and are skipped."""
+    lora_rank: int = 4
+    """LoRA rank (the paper compares 4 and 32)."""
+    lora_alpha: float = 0.0
+    """LoRA alpha; 0 means equal to the rank (the paper's rank = alpha)."""
+    lora_targets: tuple[str, ...] = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
+    """Linear layers of each block that get LoRA."""
+    seed: int = 0
+    """Seed of the song split, the samples and the LoRA initialisation."""
+    threads: int = 0
+    """torch CPU threads (0 = leave torch's setting)."""
+    progress: bool = True
+    """Show a tqdm progress bar (tokens/s) on stderr."""
+
+    def __post_init__(self) -> None:
+        for name in ("betas", "lora_targets"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        ints = (("epochs", 1), ("samples_per_song", 1), ("warmup_steps", 0), ("micro_batch", 1), ("ctx_len", 16),
+                ("max_songs", 0), ("val_samples_per_song", 1), ("patience", 0), ("min_bars", 1), ("lora_rank", 1),
+                ("seed", 0), ("threads", 0))
+        for name, lo in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise BadRequestError(f"{name} must be an integer >= {lo}", argument=name, value=value,
+                                      fix=f"pass an int >= {lo}")
+        checks = (
+            ("method", self.method in ("state", "lora"), "use 'state' or 'lora'"),
+            ("lr", self.lr >= 0, "use 0 for the method's default or a positive learning rate"),
+            ("lr_final", self.lr_final == -1.0 or self.lr_final >= 0, "use -1 for a constant rate or a value >= 0"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "use two values in [0, 1)"),
+            ("eps", self.eps > 0, "use a positive epsilon, e.g. 1e-8"),
+            ("grad_clip", self.grad_clip >= 0, "use 0 for off or e.g. 1.0"),
+            ("p_track", 0 <= self.p_track <= 1, "use a probability in [0, 1]"),
+            ("val_fraction", 0 <= self.val_fraction < 1, "use a fraction in [0, 1), e.g. 0.1"),
+            ("min_delta", self.min_delta >= 0, "use 0 or a small positive loss difference"),
+            ("lora_alpha", self.lora_alpha >= 0, "use 0 for alpha = rank, or a positive alpha"),
+            ("lora_targets", bool(self.lora_targets), "name at least one layer, e.g. ('att.key', 'att.value')"),
+        )
+        for name, ok, fix in checks:
+            if not ok:
+                raise BadRequestError(f"invalid style-tuning setting {name}", argument=name,
+                                      value=getattr(self, name), fix=fix)
+        if self.meter:
+            num, sep, den = self.meter.partition("/")
+            if not (sep and num.strip().isdigit() and den.strip().isdigit() and int(num) > 0 and int(den) > 0
+                    and not int(den) & (int(den) - 1)):
+                raise BadRequestError("meter must look like N/D with D a power of two", argument="meter",
+                                      value=self.meter, fix="use e.g. '4/4' (or '' for the files' own meters)")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate actually used at the peak (the method's default when ``lr`` is 0)."""
+        return self.lr or (5e-2 if self.method == "state" else 1e-3)
+
+    @property
+    def alpha(self) -> float:
+        """The LoRA alpha actually used (the rank when ``lora_alpha`` is 0)."""
+        return self.lora_alpha or float(self.lora_rank)
+
+    @property
+    def meter_override(self) -> tuple[int, int] | None:
+        """``meter`` as (numerator, denominator), or None."""
+        if not self.meter:
+            return None
+        num, _, den = self.meter.partition("/")
+        return int(num), int(den)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        data["lora_targets"] = list(self.lora_targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StyleConfig":
+        return _from_dict(cls, data)
