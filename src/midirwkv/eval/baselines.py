@@ -17,7 +17,6 @@ the same).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -215,16 +214,13 @@ class CachedGPT2:
         if past + ids.shape[1] > self.n_positions:
             raise GenerationError("the GPT-2 baseline ran out of context", argument="n_positions",
                                   value=self.n_positions, fix="use fewer context bars (--context) or shorter spans")
-        with warnings.catch_warnings():
-            # transformers renames `past_key_values`; GPT2Baseline.forward still passes the old name
-            warnings.simplefilter("ignore", FutureWarning)
-            if row:
-                cache = DynamicCache()
-                for layer, (k, v) in enumerate(row):
-                    cache.update(k, v, layer)
-                logits, new = self.net(ids, past_key_values=cache, use_cache=True)
-            else:
-                logits, new = self.net(ids, use_cache=True)
+        if row:
+            cache = DynamicCache()
+            for layer, (k, v) in enumerate(row):
+                cache.update(k, v, layer)
+            logits, new = self.net(ids, past_key_values=cache, use_cache=True)
+        else:
+            logits, new = self.net(ids, use_cache=True)
         return logits, [(layer.keys, layer.values) for layer in new.layers]
 
     @torch.inference_mode()

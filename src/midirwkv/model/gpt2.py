@@ -21,6 +21,7 @@ from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError, CheckpointError
 
 ARCH = "gpt2"
+_CACHE_ARG = "past_key_values"
 
 
 def _transformers():
@@ -30,6 +31,14 @@ def _transformers():
         raise BadRequestError("the Transformer baseline needs HF transformers", argument="arch", value=ARCH,
                               fix="pip install 'midirwkv[baseline]'") from exc
     return transformers
+
+
+def _cache_argument() -> str:
+    """The name transformers gives the KV-cache argument: ``cache`` from 5.x, ``past_key_values`` before."""
+    import inspect
+
+    params = inspect.signature(_transformers().GPT2LMHeadModel.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class GPT2Baseline(nn.Module):
@@ -48,14 +57,19 @@ class GPT2Baseline(nn.Module):
                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
                                bos_token_id=0, eos_token_id=0, pad_token_id=0)
         self.net = tf.GPT2LMHeadModel(hf_cfg)
+        global _CACHE_ARG
+        _CACHE_ARG = _cache_argument()
 
     def forward(self, idx: Tensor, past_key_values=None, use_cache: bool = False):
         if idx.shape[1] > self.n_positions and past_key_values is None:
             raise BadRequestError("the prompt is longer than the Transformer's context", argument="idx",
                                   value=idx.shape[1], fix=f"use at most {self.n_positions} tokens")
-        kwargs = {"past_key_values": past_key_values} if past_key_values is not None else {}
+        kwargs = {_CACHE_ARG: past_key_values} if past_key_values is not None else {}
         out = self.net(input_ids=idx, use_cache=use_cache, **kwargs)
-        return (out.logits, out.past_key_values) if use_cache else out.logits
+        if not use_cache:
+            return out.logits
+        cache = getattr(out, "past_key_values", None)
+        return out.logits, cache if cache is not None else getattr(out, "cache", None)
 
     def config_dict(self) -> dict:
         return {"arch": ARCH, "n_positions": self.n_positions, **self.cfg.to_dict()}
