@@ -1,6 +1,6 @@
 """Load test of ``midirwkv serve``: N concurrent users each upload a song and ask for one infill.
 
-Starts the server as a subprocess on 127.0.0.1 (a free port, a fresh data folder), runs ``--requests``
+Starts ``midirwkv serve`` as a subprocess on 127.0.0.1 (a free port, a fresh data folder), runs ``--requests``
 clients at once (each its own session), and checks every answer: the job finished, its report covers
 the requested bars, and the returned MIDI differs from the upload only in the requested bars of the
 requested track. Prints latency percentiles (request -> job done, and -> MIDI downloaded) and exits
@@ -8,6 +8,7 @@ non-zero when any request failed, was wrong, or was dropped. Bounded: ``--reques
 ``--deadline`` in seconds for the whole run.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load_server.py              # the default model
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load_server.py --model runs/small/final   # a checkpoint
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load_server.py --random tiny    # random weights, 2 x 64
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load_server.py --random paper   # random weights, 12 x 384
 """
@@ -139,22 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     vocab = Vocab.load()
     info = describe(song, vocab)
     tracks = [t.index for t in info.tracks]
+    if not args.random and not args.model:
+        from midirwkv.infer.api import DEFAULT_MODEL_DIR
+
+        if not DEFAULT_MODEL_DIR.is_dir():
+            print(f"no default model at {DEFAULT_MODEL_DIR}: pass --model DIR (a `midirwkv train` folder) or "
+                  "--random tiny|paper", file=sys.stderr)
+            return 2
+        print(f"using the shipped default model {DEFAULT_MODEL_DIR}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="midirwkv-load-") as tmp:
         model = str(random_model(Path(tmp) / "model", args.random)) if args.random else args.model
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        code = (
-            "import sys; from midirwkv.server.app import serve; "
-            "serve('127.0.0.1', int(sys.argv[1]), sys.argv[2], sys.argv[3] or None, threads=int(sys.argv[4]))"
-        )
+        command = [sys.executable, "-m", "midirwkv", "serve", "--host", "127.0.0.1", "--port", str(port),
+                   "--data-dir", str(Path(tmp) / "data"), "--threads", str(args.threads)]
+        if model:
+            command += ["--model", str(model)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        server = subprocess.Popen(
-            [sys.executable, "-c", code, str(port), str(Path(tmp) / "data"), model or "", str(args.threads)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
         try:
             start_deadline = time.time() + 120

@@ -329,3 +329,68 @@ def test_openapi_and_page_are_served(client):
     for name in ("index.html", "app.js", "style.css"):
         text = client.get("/" if name == "index.html" else f"/static/{name}").text
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_add_track_job_more_variations_and_accept(client):
+    uid = upload(client, BACH)["upload_id"]
+    body = {"program": 33, "name": "Bass", "variations": 2, "seed": 5, "sampling": FAST,
+            "controls": {"density_min": 1, "density_max": 4}}
+    r = client.post(f"/api/uploads/{uid}/add-track", json=body)
+    assert r.status_code == 202, r.text
+    job = wait(client, uid, r.json())
+    assert job["status"] == "done" and job["kind"] == "add_track", job
+    assert [v["seed"] for v in job["variations"]] == [5, 6]
+    vocab = Vocab.load()
+    old_score = load_score(BACH)
+    old = encode_score(old_score, vocab)
+    for var in job["variations"]:
+        report = var["track_controls"]
+        assert report["track"] == len(old_score.tracks)
+        assert (report["asked"]["density_min"], report["asked"]["density_max"]) == (1, 4)
+        assert report["missed"] == [k for k, v in report["asked"].items()
+                                    if v is not None and (report["achieved"] is None or report["achieved"][k] != v)]
+        assert [b["bar"] for b in var["bars"]] == list(range(1, old.n_bars + 1))
+        new_score = load_score(client.get(var["midi_url"]).content)
+        assert len(new_score.tracks) == len(old_score.tracks) + 1
+        assert new_score.tracks[-1].program == 33 and new_score.tracks[-1].name == "Bass"
+        for a, b in zip(old_score.tracks, new_score.tracks):
+            assert a.notes.numpy()["time"].tolist() == b.notes.numpy()["time"].tolist()
+            assert a.notes.numpy()["pitch"].tolist() == b.notes.numpy()["pitch"].tolist()
+        assert encode_score(new_score, vocab).bar_ticks == old.bar_ticks
+    r = client.post(f"/api/uploads/{uid}/jobs/{job['job_id']}/more", json={"variations": 1, "seed": 5})
+    more = wait(client, uid, r.json())
+    assert more["status"] == "done" and more["variations"][0]["track_controls"]["track"] == len(old_score.tracks)
+    assert client.get(more["variations"][0]["midi_url"]).content == client.get(job["variations"][0]["midi_url"]).content
+    health = client.get("/api/health").json()
+    assert (health["prefills"], health["cache_hits"]) == (1, 1)      # the other tracks were read once
+    r = client.post(f"/api/uploads/{uid}/accept", json={"job_id": job["job_id"], "variation": 1})
+    assert r.status_code == 200 and len(r.json()["tracks"]) == len(old.tracks) + 1
+    # regenerate an existing track of the accepted version; drums as a new track
+    regen = wait(client, uid, client.post(f"/api/uploads/{uid}/add-track",
+                                          json={"regenerate": 0, "seed": 1, "sampling": FAST}).json())
+    assert regen["status"] == "done" and regen["variations"][0]["track_controls"]["track"] == 0
+    assert regen["variations"][0]["track_controls"]["asked"]["poly_min"] is not None      # measured
+    drums = wait(client, uid, client.post(f"/api/uploads/{uid}/add-track",
+                                          json={"program": -1, "seed": 1, "sampling": FAST}).json())
+    assert drums["status"] == "done"
+    assert load_score(client.get(drums["variations"][0]["midi_url"]).content).tracks[-1].is_drum
+
+
+def test_add_track_bad_input_gives_clear_4xx(client):
+    uid = upload(client, BACH)["upload_id"]
+    bad = [
+        ({}, "program"),
+        ({"program": 1, "regenerate": 0}, "regenerate"),
+        ({"regenerate": 99}, "regenerate"),
+        ({"program": 200}, "program"),
+        ({"program": 1, "controls": {"density_min": 40}}, "controls.density_min"),
+        ({"program": 1, "controls": {"loudness": 3}}, "controls.loudness"),
+        ({"program": 1, "sampling": {"top_p": 0}}, "sampling.top_p"),
+    ]
+    for change, argument in bad:
+        r = client.post(f"/api/uploads/{uid}/add-track", json=change)
+        assert 400 <= r.status_code < 500, (change, r.text)
+        body = r.json()
+        assert body["argument"] == argument and body["message"] and body["fix"], (change, body)
+    spec = client.get("/openapi.json").json()
+    assert "/api/uploads/{upload_id}/add-track" in spec["paths"] and "AddTrackIn" in spec["components"]["schemas"]

@@ -177,3 +177,40 @@ def test_bad_file_shows_a_clear_error(server, page, tmp_path):
     alert = page.get_by_role("alert")
     alert.wait_for()
     assert "not a MIDI file" in alert.text_content()
+
+
+def test_write_a_new_track_and_accept_it(server, page):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.set_input_files("#file", str(SONG))
+    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 0')")
+    n_tracks = page.evaluate("() => window.midirwkv.state.upload.tracks.length")
+    page.select_option("#add-program", "33")
+    page.fill("#add-name", "Bass")
+    page.fill("#n-var", "1")
+    page.fill("#seed", "3")
+    page.click("#add-track")
+    page.get_by_role("button", name="Show and play variation 1").wait_for(timeout=120_000)
+    assert "done" in page.text_content("#status")
+    assert "track controls met" in page.text_content("#variations")
+    page.get_by_role("button", name="Show and play variation 1").click()
+    page.wait_for_function("document.getElementById('view-label').textContent.startsWith('B')")
+    page.click("#stop")
+    # the written track gets its own lane while the variation is shown
+    assert page.locator("#lanes .lane").count() == n_tracks + 1
+    assert "Bass" in page.text_content("#lanes")
+    page.get_by_role("button", name="Accept variation 1 into the song").click()
+    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 1')")
+    assert page.evaluate("() => window.midirwkv.state.upload.tracks.length") == n_tracks + 1
+    with page.expect_download() as info:
+        page.click("#download")
+    song = load_score(Path(info.value.path()).read_bytes())
+    original = load_score(SONG.read_bytes())
+    assert len(song.tracks) == len(original.tracks) + 1 and song.tracks[-1].program == 33
+    for a, b in zip(original.tracks, song.tracks):
+        assert a.notes.numpy()["time"].tolist() == b.notes.numpy()["time"].tolist()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-add-track.png"), full_page=True)
+    assert not errors, errors
+    assert not page.outside, page.outside

@@ -20,7 +20,8 @@ import torch
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
 from midirwkv.infer.generate import GeneratedSpan, Grammar
-from midirwkv.infer.session import InfillSession
+from midirwkv.infer.session import InfillSession, TrackSession
+from midirwkv.infer.style import resolve_style
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 """The model ``midirwkv`` uses without ``--model`` (a checkpoint folder)."""
@@ -283,11 +284,24 @@ class SpanReport:
     sampled_tokens: int
     seconds: float
     bars: list[BarReport]
+    kind: str = "bars"
+    """"bars" (bar infilling) or "track" (a whole track written by ``add_track``)."""
+    track_asked: object = None
+    """Track infilling: the ``TrackControls`` asked (a field left None was free)."""
+    track_achieved: object = None
+    """Track infilling: the ``TrackControls`` measured on the result (None: the track came out empty)."""
+    track_missed: list[str] = field(default_factory=list)
+    """Track infilling: names of the asked track controls the result does not have."""
 
     def to_dict(self) -> dict:
-        return {"track": self.track, "bars": f"{self.first_bar}-{self.last_bar}", "prompt_tokens": self.prompt_tokens,
-                "context_window": f"{self.window[0] + 1}-{self.window[1]}", "sampled_tokens": self.sampled_tokens,
-                "seconds": round(self.seconds, 4), "per_bar": [b.to_dict() for b in self.bars]}
+        out = {"track": self.track, "bars": f"{self.first_bar}-{self.last_bar}", "prompt_tokens": self.prompt_tokens,
+               "context_window": f"{self.window[0] + 1}-{self.window[1]}", "sampled_tokens": self.sampled_tokens,
+               "seconds": round(self.seconds, 4), "per_bar": [b.to_dict() for b in self.bars]}
+        if self.kind == "track":
+            out.update(kind="track", track_controls={"asked": _controls_dict(self.track_asked),
+                                                     "achieved": _controls_dict(self.track_achieved),
+                                                     "missed": self.track_missed})
+        return out
 
 
 @dataclass
@@ -323,6 +337,12 @@ class Report:
         lines = []
         for i, var in enumerate(self.variations):
             for sp in var.spans:
+                if sp.kind == "track":
+                    asked = len(_asked_fields(sp.track_asked))
+                    lines.append(f"variation {i + 1} (seed {var.seed}): track {sp.track} written over bars "
+                                 f"{sp.first_bar}-{sp.last_bar}: {sp.sampled_tokens} tokens, track controls met "
+                                 f"{asked - len(sp.track_missed)}/{asked}")
+                    continue
                 asked = sum(len(_asked_fields(b.asked)) for b in sp.bars)
                 missed = sum(len(b.missed) for b in sp.bars)
                 lines.append(f"variation {i + 1} (seed {var.seed}): track {sp.track} bars {sp.first_bar}-"
@@ -410,7 +430,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
            free_controls: bool = False, context: int = 16, max_prompt_tokens: int | None = None,
            variations: int = 1, seed: int | None = None, sample: SampleConfig | None = None,
            engine: Engine | None = None, model: str | Path | None = None, threads: int | None = None,
-           progress: Progress | None = None):
+           progress: Progress | None = None, style=None):
     """Regenerate bars of one or more tracks; returns ``(score, report)``.
 
     ``source`` is a path, MIDI bytes or a ``symusic.Score`` (never modified). Give ``track`` and ``bars``
@@ -420,7 +440,8 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     original bars, or left free with ``free_controls``. ``variations`` results are sampled as one batch
     from one cached prompt state; variation ``i`` uses seed ``seed + i``. The returned score is the first
     variation's; ``report.scores`` holds all of them and ``report.variations`` the per-bar controls
-    asked and achieved.
+    asked and achieved. ``style`` (a style file, or ``[(path, weight), ...]`` for a convex blend of learned
+    states, or one LoRA adapter file; see ``infer.style``) sets the state the prompt is read from.
     """
     from midirwkv.music.infill import InfillRequest, build_prompt, splice
     from midirwkv.music.remi import encode_score
@@ -430,6 +451,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     timings: dict[str, float] = {}
     engine = engine or load_engine(model, threads=threads, progress=say)
     vocab = engine.vocab
+    run_model, init_state = resolve_style(engine.model, vocab, style)
     cfg = sample or SampleConfig()
     if not isinstance(variations, int) or variations < 1:
         raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
@@ -476,8 +498,8 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
             tt = _track_tokens(g_st, trk)
             t1 = time.perf_counter()
             prompt = build_prompt(vocab, g_st, req)
-            session = InfillSession(engine.model, vocab, prompt, is_drum=tt.is_drum,
-                                    grammar=engine.grammar(tt.is_drum))
+            session = InfillSession(run_model, vocab, prompt, is_drum=tt.is_drum,
+                                    grammar=engine.grammar(tt.is_drum), init_state=init_state)
             t2 = time.perf_counter()
             timings["prefill"] += t2 - t1
             say(f"prompt {len(prompt.ids)} tokens (bars {prompt.window[0] + 1}-{prompt.window[1]} as context), "
@@ -513,6 +535,186 @@ def _span_report(st, track: int, start: int, end: int, asked: list, out: Generat
                               attempts=out.attempts[j]))
     return SpanReport(track=track, first_bar=start + 1, last_bar=end, prompt_tokens=prompt_tokens,
                       window=tuple(window), sampled_tokens=out.sampled, seconds=seconds, bars=bars)
+
+
+# ----------------------------------------------------------------------------------------------- add_track
+
+TRACK_DURATION_NAMES = (*DURATION_NAMES, "thirtysecond")
+ADD_TRACK_MAX_PROMPT_TOKENS = 65536
+"""Default token budget of a track prompt: the whole file is context (prefill memory stays flat)."""
+
+
+def track_controls(base=None, *, density: int | str | tuple[int, int] | None = None,
+                   polyphony: str | tuple[int, int] | None = None, durations: str | Sequence[str] | None = None,
+                   repetition: int | None = None, is_drum: bool = False):
+    """A ``TrackControls`` (``base`` or all free) with the given values replaced.
+
+    ``density`` notes per bar, ``"N"`` or ``"MIN-MAX"`` in 0..18 (18 = 18+), over the bars from the track's
+    first to its last note; ``polyphony`` ``"1-3"``; ``durations`` the note lengths that occur (comma list of
+    whole, half, quarter, eighth, sixteenth, thirtysecond; the others must not occur; ``"none"``);
+    ``repetition`` 0..9 (share of bars repeating one of the 4 before). Drum tracks keep density only, the
+    paper's rule, so the other fields are set free for them.
+    """
+    from dataclasses import fields as dc_fields
+    from dataclasses import replace
+
+    from midirwkv.music.controls import TrackControls
+
+    controls = base if base is not None else TrackControls()
+    if not isinstance(controls, TrackControls):
+        raise BadRequestError("controls must be TrackControls", argument="controls", value=type(controls).__name__,
+                              fix="pass music.controls.TrackControls(...)")
+    changes: dict = {}
+    if density is not None:
+        lo, hi = parse_int_range(density, "density", 0, 18)
+        changes.update(density_min=lo, density_max=hi)
+    if polyphony is not None:
+        lo, hi = parse_int_range(polyphony, "polyphony", 1, 6)
+        changes.update(poly_min=lo, poly_max=hi)
+    if durations is not None:
+        items = durations if isinstance(durations, (list, tuple, set, frozenset)) else \
+            str(durations).replace(" ", "").split(",")
+        names = {str(i).lower() for i in items if str(i)}
+        aliases = {"eight": "eighth", "8th": "eighth", "16th": "sixteenth", "4th": "quarter", "32nd": "thirtysecond"}
+        names = {aliases.get(n, n) for n in names} - {"none"}
+        bad = sorted(names - set(TRACK_DURATION_NAMES))
+        if bad:
+            raise BadRequestError(f"unknown note length(s) {bad}", argument="durations", value=durations,
+                                  fix=f"use a comma list of {', '.join(TRACK_DURATION_NAMES)} (or 'none')")
+        changes.update({f"dur_{name}": name in names for name in TRACK_DURATION_NAMES})
+    if repetition is not None:
+        if not isinstance(repetition, int) or isinstance(repetition, bool) or not 0 <= repetition <= 9:
+            raise BadRequestError("repetition must be 0..9", argument="repetition", value=repetition,
+                                  fix="e.g. repetition=5 (0 = no bar repeats, 9 = every bar repeats)")
+        changes["repetition"] = repetition
+    controls = replace(controls, **changes)
+    if is_drum:
+        controls = replace(controls, **{f.name: None for f in dc_fields(controls) if "density" not in f.name})
+    return controls
+
+
+def add_track(source, program: int | None = None, *, regenerate: int | None = None, name: str = "",
+              density: int | str | tuple[int, int] | None = None, polyphony: str | tuple[int, int] | None = None,
+              durations: str | Sequence[str] | None = None, repetition: int | None = None, controls=None,
+              free_controls: bool = False, max_prompt_tokens: int | None = None, variations: int = 1,
+              seed: int | None = None, sample: SampleConfig | None = None, engine: Engine | None = None,
+              model: str | Path | None = None, threads: int | None = None, progress: Progress | None = None,
+              style=None):
+    """Write a whole track over every bar of the file; returns ``(score, report)``.
+
+    A new track for General MIDI ``program`` (0..127; -1 = drums), named ``name``, or, with
+    ``regenerate=T``, track ``T`` written again from scratch. Every other track is the context and keeps its
+    notes exactly. Track controls: ``density`` (``"N"`` or ``"MIN-MAX"`` notes per bar, 0..18),
+    ``polyphony`` (``"1-3"``), ``durations`` (``"quarter,eighth"``), ``repetition`` (0..9), or a full
+    ``controls=TrackControls(...)``; the rest are free for a new track and measured from the original for a
+    regenerated one (free with ``free_controls``). Each bar is opened with its real meter and the track
+    ends exactly at the file's last bar. ``variations`` results are one batch from one cached state;
+    variation ``i`` uses seed ``seed + i`` (with ``sample.control_retries`` a variation that misses its
+    track controls is written again with a later seed, the closest kept; its report gives the seed used).
+    ``source`` (path, bytes or ``symusic.Score``) is never modified. ``style``: as in :func:`infill`.
+    """
+    from midirwkv.music.infill import TrackRequest, build_track_prompt, track_controls_of
+    from midirwkv.music.remi import encode_score
+
+    say = progress or _quiet
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    engine = engine or load_engine(model, threads=threads, progress=say)
+    vocab = engine.vocab
+    run_model, init_state = resolve_style(engine.model, vocab, style)
+    cfg = sample or SampleConfig()
+    if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
+        raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
+                              fix="use 1 or more")
+    if (program is None) == (regenerate is None):
+        raise BadRequestError("give either program (a new track) or regenerate (an existing track)",
+                              argument="program" if program is None else "regenerate", value=(program, regenerate),
+                              fix='e.g. add_track("song.mid", program=33) or add_track("song.mid", regenerate=1)')
+    if program is not None and (not isinstance(program, int) or isinstance(program, bool) or not -1 <= program <= 127):
+        raise BadRequestError("program must be a General MIDI program 0..127, or -1 for drums", argument="program",
+                              value=program, fix="e.g. 33 (electric bass), 0 (piano), -1 (drums)")
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") >> 1
+    score, _ = _load(source)
+    st = encode_score(score, vocab)
+    n_bars = st.n_bars
+    timings["parse"] = time.perf_counter() - t0
+    say(f"read {len(st.tracks)} tracks, {n_bars} bars")
+    if n_bars < 1 or not st.tracks:
+        raise BadRequestError("the file has no bars with notes to write a track against", argument="source",
+                              value=str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+                              fix="use a MIDI file with at least one track of notes")
+    if regenerate is not None:
+        tt = _track_tokens(st, regenerate, "regenerate")
+        is_drum, target = tt.is_drum, tt.index
+        base = controls if controls is not None else (None if free_controls else track_controls_of(st, tt, vocab))
+    else:
+        is_drum, target = program == -1, len(score.tracks)
+        base = controls
+    asked = track_controls(base, density=density, polyphony=polyphony, durations=durations, repetition=repetition,
+                           is_drum=is_drum)
+    req = TrackRequest(track=regenerate, program=program, controls=asked, name=name,
+                       max_prompt_tokens=max_prompt_tokens or ADD_TRACK_MAX_PROMPT_TOKENS)
+    t1 = time.perf_counter()
+    prompt = build_track_prompt(vocab, st, req)
+    session = TrackSession(run_model, vocab, prompt, grammar=engine.grammar(is_drum), init_state=init_state)
+    t2 = time.perf_counter()
+    timings["prefill"] = t2 - t1
+    what = f"regenerating track {regenerate}" if regenerate is not None else \
+        f"new {'drum track' if is_drum else f'track (program {program})'}"
+    say(f"{what}: prompt {len(prompt.ids)} tokens ({len(st.tracks) - (regenerate is not None)} tracks of context), "
+        f"prefill {t2 - t1:.2f}s")
+    require_notes = asked.density_max != 0
+    outs = session.generate(variations, cfg, seed, require_notes=require_notes)
+    t3 = time.perf_counter()
+    timings["generate"] = t3 - t2
+    say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
+        f"({variations} variation{'s' if variations > 1 else ''} of {n_bars} bars)")
+    results = [_track_result(score, st, req, out, target, asked, vocab) for out in outs]
+    for attempt in range(1, cfg.control_retries + 1):
+        redo = [i for i, r in enumerate(results) if r[2]]
+        if not redo:
+            break
+        say(f"control retry {attempt}: {len(redo)} variation{'s' if len(redo) > 1 else ''} missed track controls")
+        again = session.generate(len(redo), cfg, seeds=[seed + attempt * variations + i for i in redo],
+                                 require_notes=require_notes)
+        for i, out in zip(redo, again):
+            candidate = _track_result(score, st, req, out, target, asked, vocab)
+            if len(candidate[2]) < len(results[i][2]):
+                results[i] = candidate
+    timings["generate"] = time.perf_counter() - t2
+    t4 = time.perf_counter()
+    variations_out = []
+    for new_score, achieved, missed, new_st, out in results:
+        tt_new = next((t for t in new_st.tracks if t.index == target), None)
+        bars = [BarReport(bar=b + 1, asked=_free_bar(), achieved=tt_new.controls[b] if tt_new is not None else None,
+                          missed=[], attempts=out.attempts[b]) for b in range(n_bars)]
+        span = SpanReport(track=target, first_bar=1, last_bar=n_bars, prompt_tokens=len(prompt.ids),
+                          window=tuple(prompt.window), sampled_tokens=out.sampled, seconds=t3 - t2, bars=bars,
+                          kind="track", track_asked=asked, track_achieved=achieved, track_missed=missed)
+        variations_out.append(VariationReport(seed=out.seed, spans=[span], score=new_score))
+    timings["splice"] = time.perf_counter() - t4
+    timings["total"] = time.perf_counter() - t0
+    return variations_out[0].score, Report(variations=variations_out, timings=timings)
+
+
+def _free_bar():
+    from midirwkv.music.controls import BarControls
+
+    return BarControls()
+
+
+def _track_result(score, st, req, out: GeneratedSpan, target: int, asked, vocab):
+    """(new score, achieved TrackControls or None, missed names, new ScoreTokens, the generated span)."""
+    from midirwkv.music.infill import splice_track, track_controls_of
+    from midirwkv.music.remi import encode_score
+
+    new_score = splice_track(score, st, req, out.bars, vocab)
+    new_st = encode_score(new_score, vocab)
+    tt = next((t for t in new_st.tracks if t.index == target), None)
+    achieved = track_controls_of(new_st, tt, vocab) if tt is not None else None
+    missed = [n for n in _asked_fields(asked) if achieved is None or getattr(achieved, n) != getattr(asked, n)]
+    return new_score, achieved, missed, new_st, out
 
 
 # ----------------------------------------------------------------------------------------------- controls

@@ -9,12 +9,17 @@ after notes. A grammar guard masks everything that cannot occur at that point of
 tokens, padding, a second header, BPE tokens that merge a bar start with notes, out-of-order positions,
 a note over the per-bar cap, an empty bar when the bar was asked to hold notes, a run of empty bars
 nobody asked for.
+
+Track infilling runs the same loop with ``Track_End`` as the last bar's end token (``Grammar.for_track``),
+no per-bar controls (the track controls sit in the prompt), runs of empty bars allowed (a track may rest
+for a while) and, when the track was asked to hold notes, no way to finish the last bar while every bar
+so far was empty.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import torch
@@ -79,6 +84,10 @@ class Grammar:
             for start in range(N_STATES):
                 next_state[start, tid] = _run(start, parts, pitch_kind, velocity)
         return cls(next_state, first_pos, last_pos, notes, vocab.bar, vocab.fillbar_end)
+
+    def for_track(self, vocab) -> Grammar:
+        """The same tables with ``Track_End`` closing the last bar (track infilling); shares the tensors."""
+        return replace(self, fill_end=vocab.track_end)
 
 
 def _run(state: int, tokens: Sequence[tuple[str, str]], pitch_kind: str, velocity: bool) -> int:
@@ -156,6 +165,7 @@ class _Row:
     tries: int = 1
     limit_hits: int = 0
     prev_empty: bool = False
+    has_notes: bool = False                # some closed bar of this row holds notes
     done: bool = False
     snapshot: tuple | None = None          # (state rows, token) just before the bar's last forced token
     best: tuple | None = None              # (mismatch, bar tokens, state rows after the body) of this bar
@@ -172,10 +182,13 @@ class Generator:
 
     @torch.inference_mode()
     def run(self, prefix_state, headers: Sequence[Sequence[int]], controls: Sequence[Sequence[int]],
-            cfg: SampleConfig, seeds: Sequence[int], checker=None) -> list[GeneratedSpan]:
+            cfg: SampleConfig, seeds: Sequence[int], checker=None, *, empty_runs: bool = False,
+            require_notes: bool = False) -> list[GeneratedSpan]:
         """Fill ``len(headers)`` bars for each seed from ``prefix_state`` (batch 1, after ``FillBar_Start``).
 
         ``checker(bar_index, base_ids) -> int`` (number of missed controls) enables control re-sampling.
+        ``empty_runs`` lets a bar with no density asked stay empty after an empty bar (track infilling);
+        ``require_notes`` forbids ending the last bar while every earlier bar of the row was empty.
         """
         n_bars = len(headers)
         if n_bars == 0 or len(controls) != n_bars:
@@ -198,7 +211,8 @@ class Generator:
             sampled: dict[int, int] = {}
             if to_sample:
                 assert logits is not None
-                masks = torch.stack([self._allowed(rows[b], cfg, n_bars, bar_len, density) for b in to_sample])
+                masks = torch.stack([self._allowed(rows[b], cfg, n_bars, bar_len, density, empty_runs,
+                                                   require_notes) for b in to_sample])
                 sub = logits[to_sample].float()
                 hist = history_tensor([rows[b].history + rows[b].bar_tokens for b in to_sample],
                                       cfg.repetition_window)
@@ -226,7 +240,7 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------ one row
     def _allowed(self, row: _Row, cfg: SampleConfig, n_bars: int, bar_len: list[int],
-                 density: list[int | None]) -> Tensor:
+                 density: list[int | None], empty_runs: bool = False, require_notes: bool = False) -> Tensor:
         """The grammar mask ``(V,)`` of one row at its current point."""
         g = self.grammar
         nxt = g.next_state[row.state]
@@ -238,9 +252,11 @@ class Generator:
         allowed &= (total <= cfg.max_notes_per_bar) & ~(open_end & (total >= cfg.max_notes_per_bar))
         want = density[row.bar]
         if row.state == S_START:
-            may_end = want == 0 or (want is None and not row.prev_empty)
+            may_end = want == 0 or (want is None and (empty_runs or not row.prev_empty))
             if want == 0:
                 allowed[:] = False                               # asked for an empty bar: close it at once
+            elif require_notes and row.bar == n_bars - 1 and not row.has_notes:
+                may_end = False                                  # a track asked to hold notes is never empty
         else:
             may_end = row.state == S_NOTE
         end_token = g.fill_end if row.bar == n_bars - 1 else g.bar
@@ -298,6 +314,7 @@ class Generator:
         row.fed.extend(row.bar_tokens)
         row.attempts.append(row.tries + row.limit_hits)
         row.prev_empty = not row.bar_tokens
+        row.has_notes = row.has_notes or bool(row.bar_tokens)
         row.bar += 1
         row.bar_tokens, row.state, row.pos, row.notes = [], S_START, -1, 0
         row.tries, row.limit_hits, row.best = 1, 0, None

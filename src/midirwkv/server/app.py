@@ -146,6 +146,7 @@ def _job_out(job: dict) -> dict:
             "sampled_tokens": v["sampled_tokens"],
             "midi_url": f"{base}/{v['variation']}/midi",
             "bars": v["bars"],
+            "track_controls": v.get("track_controls"),
         }
         for v in job["variations"]
     ]
@@ -475,6 +476,35 @@ def create_app(
         return _job_out(jobs.submit(session, upload_id, "infill", request, version))
 
     @app.post(
+        "/api/uploads/{upload_id}/add-track",
+        response_model=S.JobOut,
+        status_code=202,
+        tags=["jobs"],
+        responses=errors,
+    )
+    def request_add_track(upload_id: str, body: S.AddTrackIn, session: str = Depends(session_of)) -> dict:
+        """Queue writing a whole track: a new instrument (``program``) or an existing track (``regenerate``)."""
+        from midirwkv.music.infill import build_track_prompt
+        from midirwkv.music.remi import encode_score, load_score
+        from midirwkv.server.jobs import track_request
+
+        if (body.program is None) == (body.regenerate is None):
+            raise BadRequestError(
+                "give either program (a new track) or regenerate (an existing track)",
+                argument="program" if body.program is None else "regenerate",
+                value=(body.program, body.regenerate),
+                fix='e.g. {"program": 33} for a bass, {"program": -1} for drums, {"regenerate": 1}',
+            )
+        path, version = storage.version_path(session, upload_id, body.version)
+        request = body.model_dump()
+        request["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31 - 64)
+        sample_config(request["sampling"])
+        st = encode_score(load_score(path.read_bytes()), engine.vocab)
+        req, _, _ = track_request(st, request, engine.vocab)
+        build_track_prompt(engine.vocab, st, req)  # the token budget, before anything is queued
+        return _job_out(jobs.submit(session, upload_id, "add_track", request, version))
+
+    @app.post(
         "/api/uploads/{upload_id}/jobs/{job_id}/more",
         response_model=S.JobOut,
         status_code=202,
@@ -484,14 +514,14 @@ def create_app(
     def more_variations(
         upload_id: str, job_id: str, body: S.MoreIn, session: str = Depends(session_of)
     ) -> dict:
-        """More variations of an infill job, sampled from its cached prompt state (only the span's tokens)."""
+        """More variations of an infill or add-track job from its cached prompt state (only the new tokens)."""
         parent = jobs.get(session, upload_id, job_id)
-        if parent["kind"] not in ("infill", "more"):
+        if parent["kind"] not in ("infill", "add_track", "more"):
             raise ConflictError(
-                "only infill jobs have more variations",
+                "only infill and add-track jobs have more variations",
                 argument="job_id",
                 value=job_id,
-                fix="pick an infill job",
+                fix="pick an infill or add-track job",
             )
         root = parent["request"].get("root_job", job_id)
         request = {k: v for k, v in parent["request"].items() if k not in ("seed", "variations")}

@@ -9,6 +9,8 @@ Progress and cancellation ride on the model calls: the engine's ``InfillSession`
 wrapper of the model that counts decoding steps and raises :class:`JobCancelled` at the next step once a
 job is cancelled, so cancelling takes effect within one token.
 
+Add-track jobs run the same way with a ``TrackSession`` (the other tracks read once up to ``Infill_Track``).
+
 "More variations" reuse the prompt state: the ``InfillSession`` of a finished infill job stays in a small
 LRU cache keyed by (session, upload, job), so extra variations cost only the tokens of the span. The key
 holds the session token, so one user's cached state is never used for another user's request.
@@ -81,11 +83,13 @@ class _Watched:
 class _Cached:
     """What a finished infill job leaves for cheap extra variations."""
 
-    session: object  # infer.session.InfillSession (prefix state after FillBar_Start)
-    request: object  # music.infill.InfillRequest
+    session: object  # infer.session.InfillSession (prefix state after FillBar_Start) or TrackSession
+    request: object  # music.infill.InfillRequest or TrackRequest
     score: object  # symusic.Score the span was cut from
     st: object  # its ScoreTokens
-    asked: list  # BarControls asked per span bar
+    asked: object  # BarControls asked per span bar (infill) or the TrackControls asked (add_track)
+    kind: str = "infill"  # "infill" or "add_track"
+    target: int = -1  # add_track: Score index of the written track in the result
 
 
 def sample_config(sampling: dict) -> SampleConfig:
@@ -316,10 +320,14 @@ class JobManager:
         kind = job["kind"]
         if kind == "infill":
             cached = self._prepare_infill(job_id, job, cancel, key=(job["session"], job["upload_id"], job_id))
+        elif kind == "add_track":
+            cached = self._prepare_track(job_id, job, cancel, key=(job["session"], job["upload_id"], job_id))
         elif kind == "more":
             cached = self._cached_for(job_id, job, cancel)
         else:
-            raise BadRequestError("unknown job kind", argument="kind", value=kind, fix="use infill or more")
+            raise BadRequestError(
+                "unknown job kind", argument="kind", value=kind, fix="use infill, add_track or more"
+            )
         cfg = sample_config(job["request"]["sampling"])
         self._generate(job_id, job, cancel, cached, cfg)
 
@@ -352,11 +360,33 @@ class JobManager:
         )
         self.stats["prefills"] += 1
         cached = _Cached(session=session, request=req, score=score, st=st, asked=asked)
+        self._keep(key, cached)
+        return cached
+
+    def _keep(self, key: tuple, cached: _Cached) -> None:
         with self._lock:
             self._cache[key] = cached
             self._cache.move_to_end(key)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+
+    def _prepare_track(self, job_id: str, job: dict, cancel: threading.Event, key: tuple) -> _Cached:
+        """Read the song, build the track prompt and prefill the other tracks (cached under ``key``)."""
+        from midirwkv.infer.session import TrackSession
+        from midirwkv.music.infill import build_track_prompt
+
+        self._set(job_id, message="reading the song")
+        score, st = self._load_version(job)
+        req, asked, target = track_request(st, job["request"], self.vocab, n_tracks=len(score.tracks))
+        prompt = build_track_prompt(self.vocab, st, req)
+        self._set(job_id, message=f"reading the other tracks ({len(prompt.ids)} tokens)")
+        self.model.hook = self._hook(cancel)
+        session = TrackSession(self.model, self.vocab, prompt, grammar=self.engine.grammar(prompt.is_drum))
+        self.stats["prefills"] += 1
+        cached = _Cached(
+            session=session, request=req, score=score, st=st, asked=asked, kind="add_track", target=target
+        )
+        self._keep(key, cached)
         return cached
 
     def _cached_for(self, job_id: str, job: dict, cancel: threading.Event) -> _Cached:
@@ -372,7 +402,8 @@ class JobManager:
             self._set(job_id, message="reusing the cached prompt state")
             return cached
         root_job = read_json(self.storage.job_dir(job["session"], job["upload_id"], root) / "job.json")
-        return self._prepare_infill(job_id, root_job | {"session": job["session"]}, cancel, key)
+        prepare = self._prepare_track if root_job["kind"] == "add_track" else self._prepare_infill
+        return prepare(job_id, root_job | {"session": job["session"]}, cancel, key)
 
     @staticmethod
     def _hook(cancel: threading.Event):
@@ -388,20 +419,26 @@ class JobManager:
         self, job_id: str, job: dict, cancel: threading.Event, cached: _Cached, cfg: SampleConfig
     ) -> None:
         from midirwkv.infer.api import make_checker
-        from midirwkv.music.infill import splice
+        from midirwkv.music.infill import splice, splice_track
         from midirwkv.music.remi import encode_score
 
         req = cached.request
         n = int(job["request"]["variations"])
         seed = int(job["request"]["seed"])
-        tt = cached.st.track(req.track)
-        checker = (
-            make_checker(self.vocab, cached.score, cached.st, tt, req.start, cached.asked)
-            if cfg.control_retries
-            else None
-        )
-        # rough decoding steps of one batch: a few tokens per requested note plus each bar's header/controls
-        expected = sum(12 + 3 * (c.density if c.density is not None else 8) for c in cached.asked)
+        track = cached.kind == "add_track"
+        if track:
+            checker = None
+            per_bar = cached.asked.density_max if cached.asked.density_max is not None else 8
+            expected = cached.st.n_bars * (4 + 3 * per_bar)
+        else:
+            tt = cached.st.track(req.track)
+            checker = (
+                make_checker(self.vocab, cached.score, cached.st, tt, req.start, cached.asked)
+                if cfg.control_retries
+                else None
+            )
+            # rough decoding steps of one batch: a few tokens per requested note plus each bar's header/controls
+            expected = sum(12 + 3 * (c.density if c.density is not None else 8) for c in cached.asked)
         steps = [0]
         folder = self.storage.job_dir(job["session"], job["upload_id"], job_id)
         done = 0
@@ -419,11 +456,19 @@ class JobManager:
             steps[0] = 0
             self.model.hook = hook
             self._set(job_id, message=f"sampling variations {done + 1}-{done + rows} of {n}")
-            outs = cached.session.generate(rows, cfg, seed + done, checker=checker)
+            if track:
+                outs = cached.session.generate(
+                    rows, cfg, seed + done, require_notes=cached.asked.density_max != 0
+                )
+            else:
+                outs = cached.session.generate(rows, cfg, seed + done, checker=checker)
             self.model.hook = None
             for k, out in enumerate(outs):
                 number = done + k + 1
-                new_score = splice(cached.score, cached.st, req, out.bars, self.vocab)
+                if track:
+                    new_score = splice_track(cached.score, cached.st, req, out.bars, self.vocab)
+                else:
+                    new_score = splice(cached.score, cached.st, req, out.bars, self.vocab)
                 name = f"var_{number}.mid"
                 write_bytes_atomic(folder / name, new_score.dumps_midi())
                 new_st = encode_score(new_score, self.vocab)
@@ -432,8 +477,11 @@ class JobManager:
                     "seed": out.seed,
                     "sampled_tokens": out.sampled,
                     "file": name,
-                    "bars": bar_reports(new_st, req, cached.asked),
                 }
+                if track:
+                    record.update(track_reports(new_st, cached.target, cached.asked, self.vocab))
+                else:
+                    record["bars"] = bar_reports(new_st, req, cached.asked)
                 with self._lock:
                     self._live[job_id]["variations"].append(record)
             done += rows
@@ -469,3 +517,58 @@ def bar_reports(new_st, req, asked: list) -> list[dict]:
         missed = [k for k, v in want.items() if v is not None and (got is None or got[k] != v)]
         out.append({"bar": bar + 1, "asked": want, "achieved": got, "missed": missed})
     return out
+
+
+def track_request(st, req_in: dict, vocab, n_tracks: int | None = None):
+    """(``TrackRequest``, ``TrackControls`` asked, Score index of the written track) from an add-track request.
+
+    Controls left null are free for a new track and measured from the original for a regenerated one; drum
+    tracks keep the densities only. ``n_tracks`` (the Score's track count) places a new track last.
+    """
+    from midirwkv.infer.api import ADD_TRACK_MAX_PROMPT_TOKENS, track_controls
+    from midirwkv.music.controls import TrackControls
+    from midirwkv.music.infill import TrackRequest, track_controls_of
+
+    given = req_in.get("controls")
+    regenerate = req_in.get("regenerate")
+    if regenerate is not None:
+        tt = next((t for t in st.tracks if t.index == regenerate), None)
+        if tt is None:
+            raise BadRequestError(
+                "no track with notes at that index",
+                argument="regenerate",
+                value=regenerate,
+                fix=f"use one of {[t.index for t in st.tracks]}",
+            )
+        is_drum, target = tt.is_drum, tt.index
+        base = TrackControls(**given) if given is not None else track_controls_of(st, tt, vocab)
+    else:
+        is_drum = req_in["program"] == -1
+        target = n_tracks if n_tracks is not None else max((t.index for t in st.tracks), default=-1) + 1
+        base = TrackControls(**given) if given is not None else None
+    asked = track_controls(base, is_drum=is_drum)
+    req = TrackRequest(
+        track=regenerate,
+        program=req_in.get("program"),
+        controls=asked,
+        name=req_in.get("name") or "",
+        max_prompt_tokens=ADD_TRACK_MAX_PROMPT_TOKENS,
+    )
+    return req, asked, target
+
+
+def track_reports(new_st, target: int, asked, vocab) -> dict:
+    """Per bar of an add-track result (nothing asked per bar, the measured controls), and its track controls."""
+    from midirwkv.music.controls import BarControls
+    from midirwkv.music.infill import track_controls_of
+
+    tt = next((t for t in new_st.tracks if t.index == target), None)
+    free = BarControls().to_dict()
+    bars = [
+        {"bar": b + 1, "asked": free, "achieved": tt.controls[b].to_dict() if tt is not None else None, "missed": []}
+        for b in range(new_st.n_bars)
+    ]
+    want = asked.to_dict()
+    got = track_controls_of(new_st, tt, vocab).to_dict() if tt is not None else None
+    missed = [k for k, v in want.items() if v is not None and (got is None or got[k] != v)]
+    return {"bars": bars, "track_controls": {"track": target, "asked": want, "achieved": got, "missed": missed}}

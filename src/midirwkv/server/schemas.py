@@ -134,8 +134,39 @@ class InfillIn(_Strict):
     version: int | None = Field(None, ge=0, description="song version to start from; null = the current one")
 
 
+class TrackControlsModel(_Strict):
+    """Controls of a whole written track; a field left null is free. Drum tracks take the densities only."""
+
+    poly_min: int | None = Field(None, ge=1, le=6, description="fewest notes starting together (1..6)")
+    poly_max: int | None = Field(None, ge=1, le=6, description="most notes starting together (1..6)")
+    density_min: int | None = Field(None, ge=0, le=18, description="fewest notes in a bar (first to last note)")
+    density_max: int | None = Field(None, ge=0, le=18, description="most notes in a bar, 18 = 18 or more")
+    dur_whole: bool | None = None
+    dur_half: bool | None = None
+    dur_quarter: bool | None = None
+    dur_eighth: bool | None = None
+    dur_sixteenth: bool | None = None
+    dur_thirtysecond: bool | None = None
+    repetition: int | None = Field(None, ge=0, le=9, description="share of bars repeating one of the 4 before")
+
+
+class AddTrackIn(_Strict):
+    """Write a whole track over every bar: a new one (``program``) or an existing one again (``regenerate``)."""
+
+    program: int | None = Field(None, ge=-1, le=127, description="new track: General MIDI program, -1 = drums")
+    regenerate: int | None = Field(None, ge=0, description="Score index of an existing track to write again")
+    name: str = Field("", max_length=64, description="name of a new track (default: the instrument)")
+    controls: TrackControlsModel | None = Field(
+        None, description="null = free for a new track, measured from the original for a regenerated one"
+    )
+    variations: int = Field(1, ge=1, le=16)
+    seed: int | None = Field(None, ge=0, lt=2**31, description="variation k uses seed + k - 1; null = random")
+    sampling: SamplingIn = Field(default_factory=SamplingIn)
+    version: int | None = Field(None, ge=0, description="song version to start from; null = the current one")
+
+
 class MoreIn(_Strict):
-    """More variations of a finished infill job, sampled from its cached prompt state."""
+    """More variations of a finished infill or add-track job, sampled from its cached prompt state."""
 
     variations: int = Field(1, ge=1, le=16)
     seed: int | None = Field(None, ge=0, lt=2**31)
@@ -154,18 +185,28 @@ class BarReportOut(BaseModel):
     missed: list[str]
 
 
+class TrackReportOut(BaseModel):
+    """Add-track jobs: the written track's index and its track controls asked, measured and missed."""
+
+    track: int = Field(description="Score index of the written track in the variation")
+    asked: TrackControlsModel
+    achieved: TrackControlsModel | None = Field(description="null when the track came out without notes")
+    missed: list[str]
+
+
 class VariationOut(BaseModel):
     variation: int = Field(description="1-based")
     seed: int
     sampled_tokens: int
     midi_url: str
     bars: list[BarReportOut]
+    track_controls: TrackReportOut | None = Field(None, description="add-track jobs only")
 
 
 class JobOut(BaseModel):
     job_id: str
     upload_id: str
-    kind: Literal["infill", "more"]
+    kind: Literal["infill", "add_track", "more"]
     status: JobStatus
     progress: float = Field(ge=0, le=1)
     message: str

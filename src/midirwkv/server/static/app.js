@@ -69,7 +69,7 @@ async function openUpload(uploadId) {
     trackSel.appendChild(o);
   }
   $("sel-from").max = $("sel-to").max = info.n_bars;
-  for (const id of ["play", "stop", "generate"]) $(id).disabled = false;
+  for (const id of ["play", "stop", "generate", "add-track"]) $(id).disabled = false;
   fitZoom();
   if (state.sel && !info.tracks.some((t) => t.index === state.sel.track)) state.sel = null;
   if (state.sel) setSelection(state.sel.track, state.sel.from, state.sel.to); else renderControls();
@@ -79,12 +79,14 @@ async function openUpload(uploadId) {
 async function restoreJobs() {
   // after a reload (or a server restart) show the latest generation made from the current version
   const jobs = await api("GET", `/api/uploads/${state.upload.upload_id}/jobs`);
-  const roots = jobs.filter((j) => j.kind === "infill" && j.base_version === state.upload.head);
+  const roots = jobs.filter((j) => (j.kind === "infill" || j.kind === "add_track") && j.base_version === state.upload.head);
   if (!roots.length) return;
   const root = roots[roots.length - 1];
   const family = jobs.filter((j) => j.job_id === root.job_id || j.request.root_job === root.job_id);
-  setSelection(root.request.track, root.request.first_bar - 1, root.request.last_bar - 1);
-  if (root.request.controls) renderControls(root.request.controls);
+  if (root.kind === "infill") {
+    setSelection(root.request.track, root.request.first_bar - 1, root.request.last_bar - 1);
+    if (root.request.controls) renderControls(root.request.controls);
+  }
   state.jobs = family;
   const first = family.find((j) => j.variations.length);
   if (first) state.chosen = { job_id: first.job_id, variation: first.variations[0].variation };
@@ -151,7 +153,7 @@ function draw() {
   const canvas = $("canvas");
   const lanes = $("lanes");
   if (!state.view) return;
-  const tracks = state.upload.tracks;
+  const tracks = laneTracks();
   const ticks = state.view.bar_ticks;
   const width = Math.ceil(tickX(ticks[ticks.length - 1])) + 20;
   const height = RULER + tracks.length * LANE;
@@ -354,6 +356,43 @@ async function generate() {
   } catch (e) { fail(e); }
 }
 
+const GM_FAMILIES = ["Piano", "Chromatic percussion", "Organ", "Guitar", "Bass", "Strings", "Ensemble", "Brass",
+  "Reed", "Pipe", "Synth lead", "Synth pad", "Synth effects", "Ethnic", "Percussive", "Sound effects"];
+
+function fillPrograms() {
+  const sel = $("add-program");
+  const add = (value, text) => { const o = document.createElement("option"); o.value = value; o.textContent = text; sel.appendChild(o); };
+  add("regen", "Regenerate the selected track");
+  add("-1", "New: Drums");
+  for (let p = 0; p < 128; p++) add(String(p), `New: ${GM_FAMILIES[p >> 3]} ${(p & 7) + 1} (program ${p})`);
+  sel.value = "33";
+}
+
+async function addTrack() {
+  fail(null);
+  const choice = $("add-program").value;
+  const body = { variations: Number($("n-var").value), seed: seedValue(), sampling: sampling(),
+    version: state.upload.head };
+  if (choice === "regen") {
+    if (!state.sel) { fail(new Error("Select a track first: click a bar of it in the piano roll.")); return; }
+    body.regenerate = state.sel.track;
+  } else {
+    body.program = Number(choice); body.name = $("add-name").value.trim();
+  }
+  try {
+    const job = await api("POST", `/api/uploads/${state.upload.upload_id}/add-track`, body);
+    state.jobs = [job]; state.chosen = null; state.showB = false;
+    follow(job);
+  } catch (e) { fail(e); }
+}
+
+// lanes: the song's tracks, plus a track that only the shown variation has (a written new track)
+function laneTracks() {
+  const known = new Set(state.upload.tracks.map((t) => t.index));
+  const extra = state.view.tracks.filter((t) => !known.has(t.index));
+  return state.upload.tracks.concat(extra);
+}
+
 async function more() {
   if (!state.jobs.length) return;
   fail(null);
@@ -404,6 +443,7 @@ function onJob(job) {
 
 function busy(on) {
   $("generate").disabled = on || !state.upload;
+  $("add-track").disabled = on || !state.upload;
   $("cancel").disabled = !on;
   $("more").disabled = on || !state.jobs.some((j) => j.status === "done");
 }
@@ -437,13 +477,17 @@ function renderVariations() {
     const li = document.createElement("li");
     const current = state.chosen && state.chosen.job_id === job.job_id && state.chosen.variation === v.variation;
     li.className = current ? "current" : "";
-    const asked = v.bars.reduce((s, b) => s + Object.values(b.asked).filter((x) => x !== null).length, 0);
-    const missed = v.bars.reduce((s, b) => s + b.missed.length, 0);
+    const tc = v.track_controls;
+    const asked = tc ? Object.values(tc.asked).filter((x) => x !== null).length
+      : v.bars.reduce((s, b) => s + Object.values(b.asked).filter((x) => x !== null).length, 0);
+    const missed = tc ? tc.missed.length : v.bars.reduce((s, b) => s + b.missed.length, 0);
     const title = document.createElement("div");
     title.innerHTML = `<b>Variation ${k + 1}</b>`;
     const meta = document.createElement("div"); meta.className = "meta";
-    const missedText = v.bars.filter((b) => b.missed.length).map((b) => `bar ${b.bar}: ${b.missed.join(", ")}`).join("; ");
-    meta.textContent = `seed ${v.seed}, ${asked - missed}/${asked} controls met` + (missedText ? ` (missed ${missedText})` : "");
+    const missedText = tc ? tc.missed.join(", ")
+      : v.bars.filter((b) => b.missed.length).map((b) => `bar ${b.bar}: ${b.missed.join(", ")}`).join("; ");
+    meta.textContent = (tc ? `track ${tc.track}, ` : "") + `seed ${v.seed}, ${asked - missed}/${asked} ` +
+      `${tc ? "track " : ""}controls met` + (missedText ? ` (missed ${missedText})` : "");
     const actions = document.createElement("div"); actions.className = "actions";
     const btn = (text, fn, aria) => {
       const b = document.createElement("button"); b.type = "button"; b.textContent = text;
@@ -659,6 +703,8 @@ function init() {
     renderControls(Array.from({ length: state.sel.to - state.sel.from + 1 }, () => ({})));
   });
   $("generate").addEventListener("click", generate);
+  fillPrograms();
+  $("add-track").addEventListener("click", addTrack);
   $("more").addEventListener("click", more);
   $("cancel").addEventListener("click", cancel);
   $("play").addEventListener("click", () => startPlayback());
