@@ -68,8 +68,7 @@ class GPT2Baseline(nn.Module):
         out = self.net(input_ids=idx, use_cache=use_cache, **kwargs)
         if not use_cache:
             return out.logits
-        cache = getattr(out, "past_key_values", None)
-        return out.logits, cache if cache is not None else getattr(out, "cache", None)
+        return out.logits, getattr(out, "cache" if _CACHE_ARG == "cache" else "past_key_values")
 
     def config_dict(self) -> dict:
         return {"arch": ARCH, "n_positions": self.n_positions, **self.cfg.to_dict()}
