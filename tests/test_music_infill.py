@@ -176,3 +176,33 @@ def test_splice_wrong_bar_count(vocab):
     score, st = load(vocab, FIXTURES / "synthetic" / "meters.mid")
     with pytest.raises(BadRequestError, match="bars_base_ids"):
         splice(score, st, InfillRequest(track=0, start=1, end=3), [st.tracks[0].bars[1]])
+
+
+def test_a_new_note_never_cuts_a_held_note_from_before_the_span_after_writing_midi(tmp_path):
+    """Found by the server load test: POP909 318, piano, bars 3-4. A note that starts before the span and still
+    sounds in it must keep its duration in the written file, even when a generated note repeats its pitch."""
+    import symusic
+
+    from midirwkv.music.infill import InfillRequest, splice
+    from midirwkv.music.remi import encode_score, load_score
+    from midirwkv.music.vocab import Vocab
+
+    path = Path(__file__).parent / "fixtures" / "pop909" / "318.mid"
+    score = load_score(path)
+    vocab = Vocab.load()
+    st = encode_score(score, vocab)
+    start, end = 2, 4
+    t0, t1 = st.bar_ticks[start], st.bar_ticks[end]
+    held = [n for n in score.tracks[2].notes if n.time < t0 < n.time + n.duration]
+    assert held, "the fixture holds a note across the span's start"
+    pos = next(i for i in range(len(vocab._base_names)) if vocab._base_names[i] == "Position_6")
+    pitch = vocab.id(f"Pitch_{held[0].pitch}")
+    vel, dur = (next(i for i, n in enumerate(vocab._base_names) if n.startswith(k)) for k in ("Velocity_", "Duration_"))
+    bars = [list(st.tracks[2].bars[b][:2]) + ([pos, pitch, vel, dur] if b == start else []) for b in range(start, end)]
+    out = tmp_path / "out.mid"
+    splice(score, st, InfillRequest(track=2, start=start, end=end), bars, vocab).dump_midi(str(out))
+    back = symusic.Score(str(out))
+
+    def outside(s):
+        return sorted((n.time, n.duration, n.pitch, n.velocity) for n in s.tracks[2].notes if not t0 <= n.time < t1)
+    assert outside(back) == outside(score)

@@ -207,9 +207,17 @@ def _replace_bars(score, st: ScoreTokens, track_index: int, start: int, end: int
         keep = arr
     added = decode_bar_tokens(bars_base_ids, st.bar_ticks[start:end + 1], st.tpq, bool(track.is_drum), vocab)
     lo, hi = DRUM_PITCH_RANGE if track.is_drum else PITCH_RANGE
+    # a kept note that starts before the span and still sounds in it: a new note of the same pitch there
+    # would end it early once written to MIDI (one note-on/off pair per pitch), so the old note wins
+    held: dict[int, list[tuple[int, int]]] = {}
+    for t, d, p in zip(np.asarray(keep["time"]), np.asarray(keep["duration"]), np.asarray(keep["pitch"])):
+        if t < t0 < t + d:
+            held.setdefault(int(p), []).append((int(t), int(t + d)))
     extra = []
     for n in added:
         if n.time >= t1 or n.time < t0 or not lo <= n.pitch <= hi:
+            continue
+        if any(a < n.time < b for a, b in held.get(int(n.pitch), ())):
             continue
         extra.append(symusic.Note(n.time, max(1, min(n.duration, t1 - n.time)), n.pitch, n.velocity))
     soa = _notes_soa(extra)
