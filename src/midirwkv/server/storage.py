@@ -16,15 +16,14 @@ are checked against a strict pattern before they touch a path, so nothing outsid
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from midirwkv.errors import MidiRwkvError
+from midirwkv.infer.api import write_atomic
 
 TOKEN_BYTES = 18
 """Random bytes of every identifier (24 url-safe characters)."""
@@ -68,17 +67,7 @@ def check_token(value: object, argument: str) -> str:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and one rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(data, path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
