@@ -232,13 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
 class _Progress:
     """Timed progress lines on stderr (silent with --quiet)."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, clock: str = "6.2f"):
         self.quiet = quiet
+        self.clock = clock
         self.t0 = time.perf_counter()
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
-            sys.stderr.write(f"[{time.perf_counter() - self.t0:6.2f}s] {message}\n")
+            sys.stderr.write(f"[{time.perf_counter() - self.t0:{self.clock}}s] {message}\n")
             sys.stderr.flush()
 
 

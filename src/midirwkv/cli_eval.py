@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 
 EVALUATE_EXAMPLES = """examples:
   # held-out split of a prepared token cache, all four systems, 500 prompts of 4 bars with 8 context bars
@@ -21,18 +20,6 @@ only the new one. Output: settings.json, prompts.jsonl, results.jsonl, gens/<pro
 MIDI per system, cut to the context window), report.json, report.md, plots/.
 """
 
-
-class _Progress:
-    """Timed progress lines on stderr (silent with --quiet)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            sys.stderr.write(f"[{time.perf_counter() - self.t0:7.1f}s] {message}\n")
-            sys.stderr.flush()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +85,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from midirwkv.eval.baselines import parse_systems
     from midirwkv.eval.protocol import EvalConfig, evaluate, rescore
 
-    say = _Progress(args.quiet)
+    from midirwkv.cli import _Progress
+
+    say = _Progress(args.quiet, "7.1f")     # evaluations run for minutes: tenths of seconds
     if args.report_only or args.rescore:
         if args.rescore:
             rescore(args.output, data=args.data, progress=say)
