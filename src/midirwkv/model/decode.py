@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from midirwkv.errors import BadRequestError
 from midirwkv.model.state import State
 from midirwkv.model.wkv import DECAY_SCALE
 
 if TYPE_CHECKING:
+    from midirwkv.model.fastdecode import NativeDecoder
     from midirwkv.model.rwkv7 import RWKV7
 
 
@@ -49,7 +51,7 @@ class LayerWeights:
     ffn_v_t: Tensor      # (F, C)
 
 
-def _weight(module: nn.Module) -> Tensor:
+def applied_weight(module: nn.Module) -> Tensor:
     """The weight a linear layer applies (LoRA layers add their low-rank update)."""
     merged = getattr(module, "merged_weight", None)
     return (merged() if callable(merged) else module.weight).detach()
@@ -61,7 +63,7 @@ def _gemv_layout(module: nn.Module) -> Tensor:
     A row vector times a matrix streams the matrix from memory; MKL does that fastest when the contiguous
     dimension is the long one (measured: 19 vs 11 GB/s for 384 x 1536 either way round).
     """
-    w = _weight(module)                                                   # (out, in)
+    w = applied_weight(module)                                                   # (out, in)
     return w.t() if w.shape[1] > w.shape[0] else w.t().contiguous()
 
 
@@ -81,11 +83,15 @@ def _pad_stack(mats: list[Tensor], dim: int) -> Tensor:
 class DecodeWeights:
     """All weights of one model in decode layout, plus the versions of the parameters they came from."""
 
-    def __init__(self, model: RWKV7):
+    def __init__(self, model: RWKV7, native: NativeDecoder | None = None):
         cfg = model.cfg
         self.n_embd, self.n_head, self.head_size, self.eps = cfg.n_embd, cfg.n_head, cfg.head_size, cfg.ln_x_eps
         self.params = list(model.parameters())
         self.versions = [p._version for p in self.params]
+        self.native = native
+        """The native decoder when the step runs in ``fastdecode.c``; then the torch layout is not built."""
+        if native is not None:
+            return
         with torch.no_grad():
             self.emb = model.emb.weight.detach()
             b0 = model.blocks[0]
@@ -95,8 +101,21 @@ class DecodeWeights:
             self.head_t = _gemv_layout(model.head)
 
     @classmethod
-    def build(cls, model: RWKV7) -> DecodeWeights:
-        return cls(model)
+    def build(cls, model: RWKV7, int8: bool = False) -> DecodeWeights:
+        """The native layout where the library builds and the weights are fp32 on the CPU, else torch's."""
+        from midirwkv.model import fastdecode
+
+        fits = model.cfg.head_size <= fastdecode.MAX_HEAD_SIZE and all(
+            p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+        lib = fastdecode.library() if fits else None
+        if lib is None:
+            if int8:
+                raise BadRequestError("int8 decode needs the native decoder", argument="int8", value=True,
+                                      fix="keep fp32 weights on the CPU, install a C compiler, and leave "
+                                          "MIDIRWKV_DECODE unset")
+            return cls(model)
+        with torch.no_grad():
+            return cls(model, native=fastdecode.NativeDecoder(model, lib, int8=int8))
 
     def is_current(self) -> bool:
         """True while no parameter was modified in place since the build (tens of microseconds).
@@ -132,6 +151,8 @@ def decode_step(dw: DecodeWeights, idx: Tensor, state: State, inplace: bool = Fa
     With ``inplace`` the new state is written into ``state`` (and returned): no fresh 1 MB allocation per
     token, whose page faults cost ~0.7 ms at paper size. Otherwise ``state`` is left unchanged.
     """
+    if dw.native is not None:
+        return dw.native.step(idx, state, inplace)
     B = idx.shape[0]
     C, H, N = dw.n_embd, dw.n_head, dw.head_size
     BH = B * H

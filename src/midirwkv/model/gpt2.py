@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from midirwkv.config import ModelConfig

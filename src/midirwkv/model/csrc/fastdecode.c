@@ -1,0 +1,485 @@
+/* One RWKV-7 decode step for B rows on the CPU: the equations of midirwkv.model.decode.decode_step in one call.
+ *
+ * Why: at batch 1 a decode step is a string of small matrix-vector products and ~40 tiny element-wise ops per
+ * layer; through torch each op pays dispatch and a thread-pool wake-up, which costs more than streaming the
+ * weights. Here the whole step runs in one call: worker threads stay in a spin barrier for the ~ms the step
+ * lasts, each matrix is streamed once per step whatever B is, and element-wise work stays in the caches.
+ *
+ * Weights are fp32 or int8 with one fp32 scale per output row (symmetric, per channel). Activations, the state
+ * and all accumulation are fp32. Built at run time by midirwkv.model.fastdecode with the machine's C compiler;
+ * no torch or Python headers are needed, the layout contract is the pointer table below.
+ */
+#include <math.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A matrix used as y = W x: `out` rows of `in` values, row-major; either f (fp32) or q + s (int8 and scales). */
+typedef struct {
+    const float *f;
+    const int8_t *q;
+    const float *s;
+    int64_t out, in;
+} Mat;
+
+/* Per layer, in this order (the Python side builds the same table). */
+enum {
+    P_LN1_W, P_LN1_B, P_LN2_W, P_LN2_B,
+    P_MAA,                       /* (7, C): r k v | w a v g */
+    P_R, P_K, P_V, P_O,          /* Mat* (C, C) */
+    P_W1, P_A1, P_V1, P_G1,      /* Mat* (D, C): first low-rank factors as (out, in) */
+    P_W2, P_A2, P_V2, P_G2,      /* Mat* (C, D) */
+    P_W0, P_A0, P_V0,            /* (C) */
+    P_KK, P_KA, P_RK,            /* k_k, k_a, r_k: (C) each */
+    P_LNX_W, P_LNX_B,
+    P_FFN_XK,                    /* (C) */
+    P_FK, P_FV,                  /* Mat* (F, C) and (C, F) */
+    P_PER_LAYER
+};
+
+typedef struct {
+    int64_t n_layer, C, H, N, F, V, D, Dg, B;
+    float ln_eps, lnx_eps, decay_scale;
+    const float *emb, *ln0_w, *ln0_b, *lnout_w, *lnout_b;
+    const Mat *head;
+    const void *const *layers;   /* n_layer * P_PER_LAYER pointers */
+    const int64_t *idx;          /* (B) token ids */
+    float *att_x, *ffn_x, *wkv;  /* state, updated in place: (L, B, C), (L, B, C), (L, B, H, N, N) */
+    float *logits;               /* (B, V) */
+    int n_threads;
+} Step;
+
+/* ------------------------------------------------------------------------------------------ threads */
+
+typedef struct {
+    atomic_int count;
+    atomic_int gen;
+    int n;
+} Barrier;
+
+static void barrier_wait(Barrier *b) {
+    if (b->n == 1) return;
+    int g = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
+        return;
+    }
+    int spins = 0;
+    while (atomic_load_explicit(&b->gen, memory_order_acquire) == g) {
+        /* spin briefly (steps are ~ms), then give the core away in case the machine is oversubscribed */
+        if (++spins > 20000) { sched_yield(); spins = 0; }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
+static void split(int64_t n, int tid, int nt, int64_t *lo, int64_t *hi) {
+    *lo = n * tid / nt;
+    *hi = n * (tid + 1) / nt;
+}
+
+/* ------------------------------------------------------------------------------------------ kernels */
+
+static inline float dot_f32(const float *restrict w, const float *restrict x, int64_t n) {
+    float acc[32] = {0};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++) acc[j] += w[i + j] * x[i + j];
+    float s = 0.f;
+    for (int j = 0; j < 32; j++) s += acc[j];
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static inline float dot_q8(const int8_t *restrict w, const float *restrict x, int64_t n) {
+    float acc[32] = {0};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++) acc[j] += (float)w[i + j] * x[i + j];
+    float s = 0.f;
+    for (int j = 0; j < 32; j++) s += acc[j];
+    for (; i < n; i++) s += (float)w[i] * x[i];
+    return s;
+}
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int8_t c16 __attribute__((vector_size(16)));
+
+static inline v16 load_f(const float *p) {
+    v16 w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+static inline v16 load_q(const int8_t *p) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__AVX2__)
+    __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8))));
+    v16 w;
+    memcpy(&w, &lo, 32);
+    memcpy((char *)&w + 32, &hi, 32);
+    return w;
+#else
+    float f[16];
+    for (int j = 0; j < 16; j++) f[j] = (float)p[j];
+    return load_f(f);
+#endif
+}
+
+static inline v16 load_x(const float *x) {
+    v16 v;
+    memcpy(&v, x, sizeof v);
+    return v;
+}
+
+static inline float hsum(v16 v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    float s = 0.f;
+    for (int j = 0; j < 16; j++) s += v[j];
+    return s;
+#endif
+}
+
+/* A 4 x 4 tile: W[o + r] . x[b + c] for r, c < 4; each weight vector is loaded once for four rows of x and
+ * each x vector once for four weight rows (a 1 x 4 tile would be bound by loads, not by multiply-adds). */
+#define TILE_BODY(T, LOAD, W)                                                                  \
+    const T *w0 = row, *w1 = row + n, *w2 = row + 2 * n, *w3 = row + 3 * n;                   \
+    v16 a[4][4];                                                                             \
+    _Pragma("GCC unroll 16") for (int k = 0; k < 16; k++) a[k / 4][k % 4] = (v16){0};        \
+    int64_t i = 0;                                                                           \
+    for (; i + 16 <= n; i += 16) {                                                           \
+        v16 wv[4] = {LOAD(w0 + i), LOAD(w1 + i), LOAD(w2 + i), LOAD(w3 + i)};               \
+        for (int c = 0; c < 4; c++) {                                                        \
+            v16 xv = load_x(x + c * xs + i);                                                 \
+            for (int r = 0; r < 4; r++) a[r][c] += wv[r] * xv;                               \
+        }                                                                                    \
+    }                                                                                        \
+    for (int r = 0; r < 4; r++)                                                              \
+        for (int c = 0; c < 4; c++) out[r][c] = hsum(a[r][c]);                               \
+    for (; i < n; i++)                                                                       \
+        for (int r = 0; r < 4; r++)                                                          \
+            for (int c = 0; c < 4; c++) out[r][c] += (W) * x[c * xs + i];
+
+static inline void tile_f32(const float *restrict row, int64_t n, const float *x, int64_t xs, float out[4][4]) {
+    TILE_BODY(float, load_f, row[r * n + i])
+}
+
+static inline void tile_q8(const int8_t *restrict row, int64_t n, const float *x, int64_t xs, float out[4][4]) {
+    TILE_BODY(int8_t, load_q, (float)row[r * n + i])
+}
+
+/* W[o] . x[b] for four rows b of x at once: each weight vector is loaded (and converted) once for all four.
+ * One body for both weight types (LOAD reads 16 weights as floats; W the scalar weight at an index). */
+#define DOT4_BODY(LOAD, W)                                                           \
+    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                    \
+    int64_t i = 0;                                                                 \
+    for (; i + 16 <= n; i += 16) {                                                 \
+        v16 w = LOAD(row + i);                                                     \
+        a0 += w * load_x(x + i);                                                   \
+        a1 += w * load_x(x + xs + i);                                              \
+        a2 += w * load_x(x + 2 * xs + i);                                          \
+        a3 += w * load_x(x + 3 * xs + i);                                          \
+    }                                                                              \
+    out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);   \
+    for (; i < n; i++)                                                             \
+        for (int b = 0; b < 4; b++) out[b] += (W) * x[b * xs + i];
+
+static inline void dot4_f32(const float *restrict row, int64_t n, const float *x, int64_t xs, float out[4]) {
+    DOT4_BODY(load_f, row[i])
+}
+
+static inline void dot4_q8(const int8_t *restrict row, int64_t n, const float *x, int64_t xs, float out[4]) {
+    DOT4_BODY(load_q, (float)row[i])
+}
+
+static inline void dot4(const Mat *m, int64_t o, const float *x, int64_t xs, float out[4]) {
+    if (m->q) {
+        dot4_q8(m->q + o * m->in, m->in, x, xs, out);
+        for (int b = 0; b < 4; b++) out[b] *= m->s[o];
+    } else {
+        dot4_f32(m->f + o * m->in, m->in, x, xs, out);
+    }
+}
+
+/* Activations applied to a matrix product's outputs as they are written. */
+enum { ACT_NONE, ACT_RELU2 };
+
+static inline void put(float *y, float v, int add, int act) {
+    if (act == ACT_RELU2) v = v > 0.f ? v * v : 0.f;
+    if (add) *y += v; else *y = v;
+}
+
+/* y[b, o] (+)= act(W[o] . x[b]) for o in [lo, hi): each weight row is read once for all B rows. */
+static void matvec(const Mat *m, const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride,
+                   int64_t lo, int64_t hi, int add, int act) {
+    const int64_t n = m->in;
+    int64_t o = lo;
+    if (B >= 4) {
+        for (; o + 4 <= hi; o += 4) {
+            int64_t b = 0;
+            for (; b + 4 <= B; b += 4) {
+                float t[4][4];
+                if (m->q) tile_q8(m->q + o * n, n, x + b * x_stride, x_stride, t);
+                else tile_f32(m->f + o * n, n, x + b * x_stride, x_stride, t);
+                for (int r = 0; r < 4; r++) {
+                    const float sc = m->q ? m->s[o + r] : 1.f;
+                    for (int c = 0; c < 4; c++) put(y + (b + c) * y_stride + o + r, t[r][c] * sc, add, act);
+                }
+            }
+            for (; b < B; b++)
+                for (int r = 0; r < 4; r++) {
+                    const int64_t oo = o + r;
+                    float v = m->q ? dot_q8(m->q + oo * n, x + b * x_stride, n) * m->s[oo]
+                                   : dot_f32(m->f + oo * n, x + b * x_stride, n);
+                    put(y + b * y_stride + oo, v, add, act);
+                }
+        }
+    }
+    for (; o < hi; o++) {
+        int64_t b = 0;
+        for (; b + 4 <= B; b += 4) {
+            float v[4];
+            dot4(m, o, x + b * x_stride, x_stride, v);
+            for (int j = 0; j < 4; j++) put(y + (b + j) * y_stride + o, v[j], add, act);
+        }
+        for (; b < B; b++) {
+            float v = m->q ? dot_q8(m->q + o * n, x + b * x_stride, n) * m->s[o]
+                           : dot_f32(m->f + o * n, x + b * x_stride, n);
+            put(y + b * y_stride + o, v, add, act);
+        }
+    }
+}
+
+/* Rows [lo, hi) of a matrix product spread over threads. */
+static void par_matvec(const Mat *m, const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride,
+                       int tid, int nt, int add, int act) {
+    int64_t lo, hi;
+    split(m->out, tid, nt, &lo, &hi);
+    matvec(m, x, x_stride, B, y, y_stride, lo, hi, add, act);
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *out) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int64_t i = 0; i < n; i++) { double d = x[i] - mean; var += d * d; }
+    var /= n;
+    float inv = (float)(1.0 / sqrt(var + eps));
+    float m = (float)mean;
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - m) * inv * w[i] + b[i];
+}
+
+static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+
+/* ------------------------------------------------------------------------------------------ the step */
+
+typedef struct {
+    const Step *st;
+    Barrier *bar;
+    float *work;
+    atomic_int *go;   /* 0 until the thread count is final; then the number of threads that run */
+    int tid;
+} Job;
+
+#define L_PTR(l, k) (st->layers[(l) * P_PER_LAYER + (k)])
+#define L_F(l, k) ((const float *)L_PTR(l, k))
+#define L_M(l, k) ((const Mat *)L_PTR(l, k))
+
+static void *run(void *arg) {
+    Job *job = (Job *)arg;
+    const Step *st = job->st;
+    Barrier *bar = job->bar;
+    while (atomic_load_explicit(job->go, memory_order_acquire) == 0) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    const int tid = job->tid, nt = atomic_load_explicit(job->go, memory_order_acquire);
+    const int64_t B = st->B, C = st->C, H = st->H, N = st->N, F = st->F, D = st->D, Dg = st->Dg;
+    /* scratch, shared by all threads (see fastdecode_step for the sizes) */
+    float *x = job->work;                 /* (B, C) residual stream */
+    float *mix = x + B * C;               /* (7, B, C) */
+    float *r = mix + 7 * B * C;           /* (B, C) */
+    float *k = r + B * C;
+    float *v = k + B * C;
+    float *vfirst = v + B * C;
+    float *kk = vfirst + B * C;
+    float *dec = kk + B * C;              /* decay pre-activation, then decay */
+    float *iclr = dec + B * C;
+    float *vmix = iclr + B * C;
+    float *gate = vmix + B * C;
+    float *out = gate + B * C;
+    float *hbuf = out + B * C;            /* (B, C) */
+    float *low = hbuf + B * C;            /* (4, B, max(D, Dg)) */
+    float *hid = low + 4 * B * (D > Dg ? D : Dg);  /* (B, F) */
+    const int64_t LD = D > Dg ? D : Dg;
+    int64_t lo, hi;
+
+    split(B, tid, nt, &lo, &hi);
+    const int64_t blo = lo, bhi = hi;   /* the batch rows this thread prepares in the row-wise steps */
+    for (int64_t b = blo; b < bhi; b++)
+        layer_norm(st->emb + st->idx[b] * C, st->ln0_w, st->ln0_b, C, st->ln_eps, x + b * C);
+    barrier_wait(bar);
+
+    for (int64_t l = 0; l < st->n_layer; l++) {
+        float *att_x = st->att_x + l * B * C, *ffn_x = st->ffn_x + l * B * C;
+        /* ---- time mix: token-shift mixes (row-wise) */
+        {
+            const float *maa = L_F(l, P_MAA);
+            for (int64_t b = blo; b < bhi; b++) {
+                float *h = hbuf + b * C, *prev = att_x + b * C;
+                layer_norm(x + b * C, L_F(l, P_LN1_W), L_F(l, P_LN1_B), C, st->ln_eps, h);
+                for (int t = 0; t < 7; t++) {
+                    float *mt = mix + (t * B + b) * C;
+                    const float *mw = maa + t * C;
+                    for (int64_t j = 0; j < C; j++) mt[j] = h[j] + (prev[j] - h[j]) * mw[j];
+                }
+                memcpy(prev, h, C * sizeof(float));
+            }
+        }
+        barrier_wait(bar);
+        /* r, k, v and the first low-rank factors */
+        par_matvec(L_M(l, P_R), mix + 0 * B * C, C, B, r, C, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_K), mix + 1 * B * C, C, B, k, C, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_V), mix + 2 * B * C, C, B, v, C, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_W1), mix + 3 * B * C, C, B, low + 0 * B * LD, LD, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_A1), mix + 4 * B * C, C, B, low + 1 * B * LD, LD, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_V1), mix + 5 * B * C, C, B, low + 2 * B * LD, LD, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_G1), mix + 6 * B * C, C, B, low + 3 * B * LD, LD, tid, nt, 0, ACT_NONE);
+        barrier_wait(bar);
+        {
+            for (int64_t b = blo; b < bhi; b++) {
+                float *lw = low + b * LD, *lg = low + (3 * B + b) * LD;
+                for (int64_t j = 0; j < L_M(l, P_W1)->out; j++) lw[j] = tanhf(lw[j]);
+                for (int64_t j = 0; j < Dg; j++) lg[j] = sigmoidf(lg[j]);
+            }
+        }
+        barrier_wait(bar);
+        par_matvec(L_M(l, P_W2), low + 0 * B * LD, LD, B, dec, C, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_A2), low + 1 * B * LD, LD, B, iclr, C, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_V2), low + 2 * B * LD, LD, B, vmix, C, tid, nt, 0, ACT_NONE);
+        par_matvec(L_M(l, P_G2), low + 3 * B * LD, LD, B, gate, C, tid, nt, 0, ACT_NONE);
+        barrier_wait(bar);
+        /* per head: decay, iclr, value residual, kk, k; then the WKV update, group norm and bonus */
+        split(B * H, tid, nt, &lo, &hi);
+        for (int64_t u = lo; u < hi; u++) {
+            const int64_t b = u / H, h = u % H, o = b * C + h * N;
+            const float *w0 = L_F(l, P_W0) + h * N, *a0 = L_F(l, P_A0) + h * N, *v0 = L_F(l, P_V0) + h * N;
+            const float *k_k = L_F(l, P_KK) + h * N, *k_a = L_F(l, P_KA) + h * N, *r_k = L_F(l, P_RK) + h * N;
+            float *dh = dec + o, *ih = iclr + o, *vh = v + o, *kh = k + o, *kkh = kk + o, *rh = r + o;
+            double nrm = 0.0;
+            for (int64_t j = 0; j < N; j++) {
+                dh[j] = expf(-st->decay_scale * sigmoidf(dh[j] + w0[j]));
+                ih[j] = sigmoidf(ih[j] + a0[j]);
+                if (l == 0) vfirst[o + j] = vh[j];
+                else { float s = sigmoidf(vmix[o + j] + v0[j]); vh[j] = vh[j] + (vfirst[o + j] - vh[j]) * s; }
+                kkh[j] = kh[j] * k_k[j];
+                nrm += (double)kkh[j] * kkh[j];
+            }
+            float inv = (float)(1.0 / fmax(sqrt(nrm), 1e-12));
+            for (int64_t j = 0; j < N; j++) {
+                kkh[j] *= inv;
+                kh[j] = kh[j] * ((1.f - k_a[j]) + ih[j] * k_a[j]);
+            }
+            float *S = st->wkv + ((l * B + b) * H + h) * N * N;
+            float *y = out + o;
+            float bkk[256];   /* kk * iclr; N <= 256 is checked by the caller */
+            for (int64_t j = 0; j < N; j++) bkk[j] = kkh[j] * ih[j];
+            for (int64_t i = 0; i < N; i++) {
+                float *Si = S + i * N;
+                float sa = 0.f;
+                for (int64_t j = 0; j < N; j++) sa += Si[j] * kkh[j];
+                const float vi = vh[i];
+                float acc = 0.f;
+                for (int64_t j = 0; j < N; j++) {
+                    float s = Si[j] * dh[j] - sa * bkk[j] + vi * kh[j];
+                    Si[j] = s;
+                    acc += s * rh[j];
+                }
+                y[i] = acc;
+            }
+            double mean = 0.0, var = 0.0;
+            for (int64_t i = 0; i < N; i++) mean += y[i];
+            mean /= N;
+            for (int64_t i = 0; i < N; i++) { double d = y[i] - mean; var += d * d; }
+            var /= N;
+            const float ginv = (float)(1.0 / sqrt(var + st->lnx_eps)), gm = (float)mean;
+            const float *gw = L_F(l, P_LNX_W) + h * N, *gb = L_F(l, P_LNX_B) + h * N;
+            float bonus = 0.f;
+            for (int64_t j = 0; j < N; j++) bonus += rh[j] * kh[j] * r_k[j];
+            for (int64_t i = 0; i < N; i++)
+                y[i] = ((y[i] - gm) * ginv * gw[i] + gb[i] + bonus * vh[i]) * gate[o + i];
+        }
+        barrier_wait(bar);
+        par_matvec(L_M(l, P_O), out, C, B, x, C, tid, nt, 1, ACT_NONE);
+        barrier_wait(bar);
+        /* ---- channel mix */
+        {
+            const float *xk = L_F(l, P_FFN_XK);
+            for (int64_t b = blo; b < bhi; b++) {
+                float *h = hbuf + b * C, *prev = ffn_x + b * C, *kf = mix + b * C;
+                layer_norm(x + b * C, L_F(l, P_LN2_W), L_F(l, P_LN2_B), C, st->ln_eps, h);
+                for (int64_t j = 0; j < C; j++) kf[j] = h[j] + (prev[j] - h[j]) * xk[j];
+                memcpy(prev, h, C * sizeof(float));
+            }
+        }
+        barrier_wait(bar);
+        par_matvec(L_M(l, P_FK), mix, C, B, hid, F, tid, nt, 0, ACT_RELU2);
+        barrier_wait(bar);
+        par_matvec(L_M(l, P_FV), hid, F, B, x, C, tid, nt, 1, ACT_NONE);
+        barrier_wait(bar);
+    }
+    {
+        for (int64_t b = blo; b < bhi; b++)
+            layer_norm(x + b * C, st->lnout_w, st->lnout_b, C, st->ln_eps, hbuf + b * C);
+    }
+    barrier_wait(bar);
+    par_matvec(st->head, hbuf, C, B, st->logits, st->V, tid, nt, 0, ACT_NONE);
+    return NULL;
+}
+
+/* Bytes of scratch the step needs (the caller may pass NULL work to let the step allocate it). */
+int64_t fastdecode_work_floats(const Step *st) {
+    const int64_t B = st->B, C = st->C, LD = st->D > st->Dg ? st->D : st->Dg;
+    return 19 * B * C + 4 * B * LD + B * st->F;
+}
+
+/* Returns 0 on success, 1 on a bad argument, 2 when memory or threads could not be had. */
+int fastdecode_step(const Step *st) {
+    if (st->N > 256 || st->N < 1 || st->B < 1 || st->n_threads < 1) return 1;
+    float *work = (float *)malloc(sizeof(float) * fastdecode_work_floats(st));
+    if (!work) return 2;
+    int nt = st->n_threads > 64 ? 64 : st->n_threads;
+    Barrier bar;
+    atomic_init(&bar.count, 0);
+    atomic_init(&bar.gen, 0);
+    atomic_int go;
+    atomic_init(&go, 0);
+    Job jobs[64];
+    pthread_t threads[64];
+    int started = 1;
+    for (int t = 0; t < nt; t++) { jobs[t].st = st; jobs[t].bar = &bar; jobs[t].work = work; jobs[t].go = &go; jobs[t].tid = t; }
+    for (int t = 1; t < nt; t++) {
+        if (pthread_create(&threads[t], NULL, run, &jobs[t]) != 0) break;   /* run with the threads we got */
+        started++;
+    }
+    bar.n = started;
+    atomic_store_explicit(&go, started, memory_order_release);
+    run(&jobs[0]);
+    for (int t = 1; t < started; t++) pthread_join(threads[t], NULL);
+    int rc = 0;
+    free(work);
+    return rc;
+}

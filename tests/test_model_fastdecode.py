@@ -1,0 +1,184 @@
+"""Native decode (csrc/fastdecode.c): the same numbers as the torch path, the fallback, int8 weights."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from midirwkv.config import ModelConfig
+from midirwkv.errors import BadRequestError
+from midirwkv.model import RWKV7, State, fastdecode
+from midirwkv.model.decode import DecodeWeights, decode_step
+from midirwkv.model.lora import apply_lora
+
+# odd sizes on purpose: a low-rank width that is not a multiple of 16, three heads, a vocabulary of 101
+CFG = ModelConfig(vocab_size=101, n_layer=3, n_embd=96, head_size=32, decay_lora=12, aaa_lora=8, mv_lora=8,
+                  gate_lora=20)
+
+pytestmark = pytest.mark.skipif(fastdecode.library() is None, reason="no C compiler: the torch path runs")
+
+
+def model(seed=0, cfg=CFG):
+    torch.manual_seed(seed)
+    m = RWKV7(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m.eval()
+
+
+def torch_path(m):
+    """The torch decode layout of ``m`` (what runs without the native library)."""
+    dw = DecodeWeights(m)
+    assert dw.native is None
+    return dw
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4, 9])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_native_equals_torch_path_over_many_steps(batch, threads):
+    m = model()
+    ref = torch_path(m)
+    native = DecodeWeights.build(m).native
+    assert native is not None
+    ids = torch.randint(0, CFG.vocab_size, (batch, 60))
+    with torch.inference_mode():
+        a, b = m.init_state(batch), m.init_state(batch)
+        for t in range(60):
+            la, a = decode_step(ref, ids[:, t], a)
+            lb, b = native.step(ids[:, t], b, inplace=True, threads=threads)
+            assert rel(lb, la) < 1e-4
+    assert rel(b.wkv, a.wkv) < 1e-4 and rel(b.att_x, a.att_x) < 1e-5 and rel(b.ffn_x, a.ffn_x) < 1e-5
+
+
+def test_step_uses_native_and_matches_full_forward():
+    m = model(1)
+    ids = torch.randint(0, CFG.vocab_size, (2, 30))
+    with torch.inference_mode():
+        full, s_full = m(ids, return_state=True)
+        s = m.init_state(2)
+        outs = []
+        for t in range(30):
+            lo, s = m.step(ids[:, t], s)
+            outs.append(lo)
+    assert m._decode_cache.native is not None
+    assert rel(torch.stack(outs, 1), full) < 1e-4 and rel(s.wkv, s_full.wkv) < 1e-4
+
+
+def test_not_inplace_leaves_state_and_non_contiguous_state_works():
+    m = model()
+    ids = torch.tensor([3, 7])
+    with torch.inference_mode():
+        _, s = m(torch.randint(0, CFG.vocab_size, (2, 8)), return_state=True)
+        before = s.clone()
+        lo, new = m.step(ids, s)
+        assert all(torch.equal(getattr(s, k), getattr(before, k)) for k in ("att_x", "ffn_x", "wkv"))
+        # a state whose tensors are strided views (every other row of a doubled batch) decodes the same
+        big = {k: torch.repeat_interleave(getattr(before, k), 2, dim=1) for k in ("att_x", "ffn_x", "wkv")}
+        view = State(**{k: t[:, ::2] for k, t in big.items()})
+        assert not view.att_x.is_contiguous()
+        lo2, out = m.step(ids, view, inplace=True)
+        assert out is view and rel(lo2, lo) < 1e-5 and rel(view.wkv, new.wkv) < 1e-5
+        assert torch.equal(big["wkv"][:, ::2], new.wkv)
+
+
+def test_lora_and_tuned_state_go_through_native():
+    m = model(2)
+    apply_lora(m, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.1)
+    m.invalidate_decode_cache()
+    ids = torch.randint(0, CFG.vocab_size, (1, 12))
+    with torch.inference_mode():
+        full = m(ids)
+        s = m.init_state(1)
+        outs = []
+        for t in range(12):
+            lo, s = m.step(ids[:, t], s)
+            outs.append(lo)
+    assert m._decode_cache.native is not None
+    assert rel(torch.stack(outs, 1), full) < 1e-4
+
+
+def test_int8_weights_stay_close_and_read_a_quarter_of_the_bytes():
+    m = model(3)
+    ids = torch.randint(0, CFG.vocab_size, (2, 40))
+    with torch.inference_mode():
+        full = m(ids)
+        fp32_bytes = DecodeWeights.build(m).native.weight_bytes
+        m.set_decode(int8=True)
+        s = m.init_state(2)
+        outs = []
+        for t in range(40):
+            lo, s = m.step(ids[:, t], s)
+            outs.append(lo)
+        q = m._decode_cache.native
+    got = torch.stack(outs, 1)
+    # stated tolerance: 5 % of the largest logit; the argmax agrees almost everywhere
+    assert rel(got, full) < 0.05
+    assert (got.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+    assert q.int8 and q.weight_bytes < 0.45 * fp32_bytes
+    m.set_decode(int8=False)
+    with torch.inference_mode():
+        lo, _ = m.step(ids[:, 0], m.init_state(2))
+    assert rel(lo, full[:, 0]) < 1e-4
+    with pytest.raises(BadRequestError):
+        m.set_decode(int8="yes")
+
+
+def test_quantize_rows_round_trip():
+    w = torch.randn(33, 70)
+    q, s = fastdecode.quantize_rows(w)
+    assert q.dtype == torch.int8 and s.shape == (33,) and q.abs().max() <= 127
+    assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-6).all()
+
+
+def test_torch_fallback_and_bad_mode(monkeypatch):
+    m = model()
+    monkeypatch.setenv("MIDIRWKV_DECODE", "torch")
+    m.invalidate_decode_cache()
+    with torch.inference_mode():
+        m.step(torch.tensor([1]), m.init_state(1))
+    assert m._decode_cache.native is None
+    with pytest.raises(BadRequestError, match="int8"):
+        m.set_decode(int8=True)
+        with torch.inference_mode():
+            m.step(torch.tensor([1]), m.init_state(1))
+    monkeypatch.setenv("MIDIRWKV_DECODE", "fast")
+    with pytest.raises(BadRequestError, match="MIDIRWKV_DECODE"):
+        fastdecode.mode()
+
+
+def test_no_compiler_falls_back_with_a_warning(tmp_path):
+    """A machine without a C compiler decodes through torch after one warning (run in a clean process)."""
+    code = (
+        "import warnings, torch\n"
+        "from midirwkv.model import RWKV7\n"
+        "from midirwkv.config import ModelConfig\n"
+        "m = RWKV7(ModelConfig(vocab_size=50, n_layer=1, n_embd=64, head_size=32)).eval()\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    with torch.inference_mode():\n"
+        "        lo, _ = m.step(torch.tensor([1]), m.init_state(1))\n"
+        "assert m._decode_cache.native is None and lo.shape == (1, 50)\n"
+        "assert any('native decode unavailable' in str(x.message) for x in w), [str(x.message) for x in w]\n"
+        "print('ok')\n")
+    env = {"PATH": str(tmp_path), "CC": "", "MIDIRWKV_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_out_of_range_ids_are_refused_not_read():
+    m = model()
+    with torch.inference_mode(), pytest.raises(BadRequestError, match="vocabulary"):
+        m.step(torch.tensor([CFG.vocab_size]), m.init_state(1))
+    with torch.inference_mode(), pytest.raises(BadRequestError, match="vocabulary"):
+        m.step(torch.tensor([-1]), m.init_state(1))
