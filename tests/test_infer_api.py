@@ -103,3 +103,22 @@ def test_cli_infill_writes_variations_and_keeps_input(engine, song, capsys, monk
     assert not out.exists() and sha(song) == before
     assert "prefill" in err and "wrote" in err
     assert json.loads((song.parent / "r.json").read_text())["variations"][1]["seed"] == 5
+
+
+def test_int8_engine_infills_and_is_cached_apart(song, tmp_path, capsys):
+    """--int8 loads the shipped model with int8 decode weights; fp32 and int8 engines are cached apart."""
+    from midirwkv.model import fastdecode
+
+    if fastdecode.library() is None:
+        pytest.skip("int8 decode needs the native library (a C compiler)")
+    e8 = api.load_engine(None, int8=True)
+    e32 = api.load_engine(None)
+    assert e8 is not e32 and e8.model._decode_int8 and not e32.model._decode_int8
+    assert api.load_engine(None, int8=True) is e8
+    with pytest.raises(BadRequestError, match="int8"):
+        api.load_engine(None, int8="yes")
+    out = tmp_path / "q.mid"
+    code = cli.main(["infill", str(song), "--track", "0", "--bars", "9-10", "--context", "2", "--seed", "1",
+                     "--int8", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert load_score(out).tracks

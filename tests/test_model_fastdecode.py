@@ -1,5 +1,6 @@
 """Native decode (csrc/fastdecode.c): the same numbers as the torch path, the fallback, int8 weights."""
 
+import importlib
 import subprocess
 import sys
 
@@ -182,3 +183,42 @@ def test_out_of_range_ids_are_refused_not_read():
         m.step(torch.tensor([CFG.vocab_size]), m.init_state(1))
     with torch.inference_mode(), pytest.raises(BadRequestError, match="vocabulary"):
         m.step(torch.tensor([-1]), m.init_state(1))
+
+
+def wkv_inputs(B=2, T=70, H=3, N=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
+    w = -0.6 * torch.rand(B, T, H, N, generator=g)
+    kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1)
+    s0 = 0.1 * torch.randn(B, H, N, N, generator=g)
+    return (r, w, k, v, -kk, kk * torch.rand(B, T, H, N, generator=g)), s0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_native_wkv_equals_the_reference_loop(threads):
+    from midirwkv.model.wkv import wkv_ref
+
+    ins, s0 = wkv_inputs()
+    y_ref, s_ref = wkv_ref(*ins, s0)
+    before = s0.clone()
+    y, s = fastdecode.wkv(*ins, s0, threads=threads)
+    assert torch.equal(s0, before)
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    y0, s0_out = fastdecode.wkv(*ins)                       # zero start state
+    y0_ref, s0_ref = wkv_ref(*ins)
+    assert rel(y0, y0_ref) < 1e-5 and rel(s0_out, s0_ref) < 1e-5
+
+
+def test_wkv_picks_native_without_gradients_and_chunked_with(monkeypatch):
+    wkv_mod = importlib.import_module("midirwkv.model.wkv")   # the module (the package exports the function)
+    ins, s0 = wkv_inputs(T=40)
+    calls = []
+    real = fastdecode.wkv
+    monkeypatch.setattr(fastdecode, "wkv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        y1, _ = wkv_mod.wkv(*ins, s0)
+    assert calls == [1]
+    leaf = ins[0].clone().requires_grad_(True)
+    y2, _ = wkv_mod.wkv(leaf, *ins[1:], s0)
+    assert calls == [1] and y2.requires_grad
+    assert rel(y1, y2.detach()) < 1e-4

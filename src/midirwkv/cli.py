@@ -70,6 +70,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
+    g.add_argument("--int8", action="store_true",
+                   help="decode with int8 weights: faster where memory bandwidth limits, logits within ~1 %%")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or timings on stderr")
     g.add_argument("--style", action="append", metavar="FILE[:WEIGHT]",
                    help="start from a learned style (`midirwkv tune-state`); repeat with weights summing to 1 "
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for uploads and results (default ./midirwkv-data)")
     p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
+    p.add_argument("--int8", action="store_true",
+                   help="decode with int8 weights: faster where memory bandwidth limits, logits within ~1 %%")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("prepare", help="scan, validate, deduplicate, split and tokenise MIDI corpora",
@@ -314,7 +318,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
         else f"infill_bars{spans[0][1].replace(',', '+')}"
     outputs = api.output_paths(source, args.output, args.variations, tag)
     sample = _sample_config(args)
-    engine = api.load_engine(args.model, threads=args.threads, progress=progress)
+    engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8)
     _, report = api.infill(
         source, spans=[api.Span(track=t, bars=b) for t, b in spans], density=args.density,
         polyphony=args.polyphony, durations=args.durations, free_controls=args.free_controls,
@@ -352,7 +356,7 @@ def cmd_add_track(args: argparse.Namespace) -> int:
         tag = "add_drums" if is_drum else f"add_program{program}"
     outputs = api.output_paths(source, args.output, args.variations, tag)
     sample = _sample_config(args)
-    engine = api.load_engine(args.model, threads=args.threads, progress=progress)
+    engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8)
     _, report = api.add_track(
         source, program, regenerate=args.regenerate, name=args.name, density=args.density,
         polyphony=args.polyphony, durations=args.durations, repetition=args.repetition,
@@ -383,7 +387,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"midirwkv serve: warning: listening on {args.host}: other machines can reach the "
                          "server (it has no login)\n")
-    serve(args.host, args.port, data_dir, args.model, threads=args.threads)
+    serve(args.host, args.port, data_dir, args.model, threads=args.threads, int8=args.int8)
     return 0
 
 

@@ -92,8 +92,12 @@ _ENGINES: dict[str, Engine] = {}
 
 
 def load_engine(model: str | Path | Engine | None = None, *, threads: int | None = None,
-                progress: Progress | None = None) -> Engine:
-    """Load a checkpoint folder once per process (``None``: the shipped default model) and set the threads."""
+                progress: Progress | None = None, int8: bool = False) -> Engine:
+    """Load a checkpoint folder once per process (``None``: the shipped default model) and set the threads.
+
+    ``int8`` decodes with int8 weights (``RWKV7.set_decode``): a quarter of the weight bytes per token,
+    for machines where memory bandwidth is the limit; logits move by about 1 % (README, performance).
+    """
     set_threads(threads)
     if isinstance(model, Engine):
         return model
@@ -106,13 +110,18 @@ def load_engine(model: str | Path | Engine | None = None, *, threads: int | None
                     "--model DIR, or copy a checkpoint folder there")
         raise CheckpointError("model folder not found", argument="model", value=str(path),
                               fix="pass the folder written by `midirwkv train` (weights, config, tokenizer)")
-    key = str(path.resolve())
+    if not isinstance(int8, bool):
+        raise BadRequestError("int8 must be True or False", argument="int8", value=int8,
+                              fix="pass int8=True to decode with int8 weights")
+    key = f"{path.resolve()}{'#int8' if int8 else ''}"
     if key not in _ENGINES:
         from midirwkv.model.checkpoint import load_checkpoint
         from midirwkv.music.vocab import Vocab
 
         start = time.perf_counter()
         net, tokenizer_path, meta = load_checkpoint(path)
+        if int8:
+            net.set_decode(int8=True)
         vocab = Vocab.load(tokenizer_path)
         _ENGINES[key] = Engine(model=net, vocab=vocab, meta=dict(meta or {}), path=path)
         (progress or _quiet)(f"loaded model {path} in {time.perf_counter() - start:.2f}s")

@@ -65,6 +65,11 @@ class _Step(ctypes.Structure):
         ("logits", ctypes.c_void_p), ("n_threads", ctypes.c_int)]
 
 
+class _Wkv(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("B", "T", "H", "N")] + [
+        (n, ctypes.c_void_p) for n in ("r", "w", "k", "v", "a", "b", "S", "y")] + [("n_threads", ctypes.c_int)]
+
+
 def mode() -> str:
     """The decode backend asked for by ``MIDIRWKV_DECODE`` (``auto`` when unset)."""
     value = os.environ.get("MIDIRWKV_DECODE", "auto").strip().lower() or "auto"
@@ -126,6 +131,8 @@ def _library_or_reason() -> tuple[ctypes.CDLL | None, str]:
             continue
         dll.fastdecode_step.argtypes = [ctypes.POINTER(_Step)]
         dll.fastdecode_step.restype = ctypes.c_int
+        dll.fastdecode_wkv.argtypes = [ctypes.POINTER(_Wkv)]
+        dll.fastdecode_wkv.restype = ctypes.c_int
         return dll, ""
     return None, "; ".join(errors)
 
@@ -148,6 +155,30 @@ def library() -> ctypes.CDLL | None:
             _warned = True
             warnings.warn(f"midirwkv: native decode unavailable, using the torch path ({reason})", stacklevel=3)
     return lib
+
+
+def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state0: Tensor | None = None,
+        threads: int | None = None) -> tuple[Tensor, Tensor] | None:
+    """:func:`midirwkv.model.wkv.wkv_ref`'s recurrence run sequentially in C (inference: no gradients).
+
+    Same contract: ``(B, T, H, N)`` inputs, ``(B, H, N, N)`` state (not modified) -> ``(y, state_T)``.
+    Returns None where the native library is unavailable or the inputs do not fit it (CUDA, head > 256).
+    """
+    B, T, H, N = r.shape
+    if r.device.type != "cpu" or N > MAX_HEAD_SIZE or B < 1:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    ins = [t.detach().to(torch.float32).contiguous() for t in (r, w, k, v, a, b)]
+    S = (torch.zeros(B, H, N, N) if state0 is None
+         else state0.detach().to(torch.float32, copy=True).contiguous())
+    y = torch.empty(B, T, H, N, dtype=torch.float32)
+    p = _Wkv(B=B, T=T, H=H, N=N, S=S.data_ptr(), y=y.data_ptr(), n_threads=max(1, threads or torch.get_num_threads()))
+    p.r, p.w, p.k, p.v, p.a, p.b = (t.data_ptr() for t in ins)
+    if lib.fastdecode_wkv(ctypes.byref(p)) != 0:
+        return None
+    return y.to(r.dtype), S
 
 
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:

@@ -149,7 +149,9 @@ class ChannelMix(nn.Module):
     def forward(self, x: Tensor, prev: Tensor) -> Tensor:
         """``x (B, T, C)``, shifted input ``prev (B, T, C)`` -> (B, T, C)."""
         k = x + (prev - x) * self.x_k
-        return self.value(torch.relu(self.key(k)).square())
+        if torch.is_grad_enabled():
+            return self.value(torch.relu(self.key(k)).square())
+        return self.value(torch.relu_(self.key(k)).square_())   # inference: no (B, T, F) temporaries
 
 
 class Block(nn.Module):

@@ -174,7 +174,16 @@ def wkv_fla(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
 
 def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
         state0: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
-    """The fastest available path: fla on CUDA when installed, else :func:`wkv_chunked`."""
+    """The fastest available path: fla on CUDA when installed; on the CPU without gradients (prompt prefill)
+    the sequential recurrence in C (:func:`midirwkv.model.fastdecode.wkv`); else :func:`wkv_chunked`."""
     if r.is_cuda and _fla_available():
         return wkv_fla(r, w, k, v, a, b, state0)
+    inputs = (r, w, k, v, a, b) if state0 is None else (r, w, k, v, a, b, state0)
+    if not r.is_cuda and not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        from midirwkv.model import fastdecode
+
+        _check(r, w, k, v, a, b, state0)
+        out = fastdecode.wkv(r, w, k, v, a, b, state0)
+        if out is not None:
+            return out
     return wkv_chunked(r, w, k, v, a, b, state0, chunk)

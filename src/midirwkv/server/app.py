@@ -159,16 +159,18 @@ def _download_name(filename: str, suffix: str) -> str:
 
 
 def create_app(
-    data_dir: str | Path, model=None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, threads: int | None = None
+    data_dir: str | Path, model=None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, threads: int | None = None,
+    int8: bool = False,
 ) -> FastAPI:
     """The FastAPI app: API under ``/api``, the page at ``/``.
 
     ``model`` is a checkpoint folder, an already loaded ``infer.api.Engine``, or None for the shipped
-    default model. ``data_dir`` holds every upload and result (created if missing).
+    default model. ``data_dir`` holds every upload and result (created if missing). ``int8``: decode with
+    int8 weights (``infer.api.load_engine``).
     """
     from midirwkv.infer.api import Engine, load_engine
 
-    engine = model if isinstance(model, Engine) else load_engine(model, threads=threads)
+    engine = model if isinstance(model, Engine) else load_engine(model, threads=threads, int8=int8)
     storage = Storage(data_dir)
     jobs = JobManager(storage, engine)
     describer = _Describer(engine.vocab)
@@ -647,9 +649,10 @@ def serve(
     model_dir: str | Path | None = None,
     *,
     threads: int | None = None,
+    int8: bool = False,
 ) -> None:
     """Load the model once and serve the API and the page until interrupted (``midirwkv serve``)."""
     import uvicorn
 
-    app = create_app(data_dir, model_dir, threads=threads)
+    app = create_app(data_dir, model_dir, threads=threads, int8=int8)
     uvicorn.run(app, host=host, port=port, log_level="info")
