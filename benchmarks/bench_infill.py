@@ -2,7 +2,7 @@
 
 Usage:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_infill.py [--model DIR] [--file F.mid] [--track T]
-        [--bars 17-20] [--context 16] [--repeats 3] [--threads N] [--skip-paper]
+        [--bars 17-20] [--context 16] [--repeats 3] [--threads N] [--skip-paper] [--int8]
 
 Prints, for the default model (or --model) and for the paper-size architecture with random weights
 (12 x 384, vocab 16,000): the end-to-end time of a 4-bar infill with 16 bars of context, and the time of
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-paper", action="store_true", help="skip the paper-size random-weight model")
+    parser.add_argument("--int8", action="store_true", help="also measure the paper-size model with int8 weights")
     args = parser.parse_args()
     threads = api.set_threads(args.threads)
     path = args.file or default_file(Path(tempfile.mkdtemp(prefix="bench_infill_")))
@@ -129,6 +130,10 @@ def main() -> None:
         n_params = sum(p.numel() for p in model.parameters())
         measure(f"paper-size architecture, random weights ({n_params / 1e6:.1f} M parameters)", paper, path,
                 args.track, args.bars, args.context, args.repeats, sample)
+        if args.int8:
+            model.set_decode(int8=True)
+            measure("paper-size architecture, random weights, int8 decode", paper, path, args.track, args.bars,
+                    args.context, args.repeats, sample)
 
 
 if __name__ == "__main__":
