@@ -47,6 +47,12 @@ def test_missing_input_is_one_line_error(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "input file not found" in err
 
 
+def test_folder_given_as_input_says_so(tmp_path, capsys):
+    for argv in (["inspect", tmp_path], ["infill", tmp_path, "--track", 0, "--bars", "1-2"]):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "is a folder" in err
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--track", "0", "--bars", "4-2"], "--bars"),
     (["--track", "0", "--bars", "x"], "--bars"),

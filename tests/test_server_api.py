@@ -23,35 +23,9 @@ BACH = FIXTURES / "bach" / "bwv66_6.mid"
 FAST = {"max_notes_per_bar": 4}
 
 
-def make_tiny_model(folder: Path) -> Path:
-    """A 2-layer random-weight RWKV7 checkpoint folder with the shipped tokenizer."""
-    import torch
-
-    from midirwkv.config import ModelConfig
-    from midirwkv.model.checkpoint import save_checkpoint
-    from midirwkv.model.rwkv7 import RWKV7
-
-    vocab = Vocab.load()
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=vocab.size,
-        n_layer=2,
-        n_embd=64,
-        head_size=32,
-        dim_ffn=128,
-        decay_lora=8,
-        aaa_lora=8,
-        mv_lora=8,
-        gate_lora=8,
-    )
-    tokenizer = Path(__import__("midirwkv").__file__).parent / "assets" / "tokenizer" / "tokenizer.json"
-    save_checkpoint(folder, RWKV7(cfg).eval(), tokenizer, {"note": "random weights for tests"})
-    return folder
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture

@@ -249,6 +249,9 @@ class _Progress:
 
 def _input_path(text: str) -> Path:
     path = Path(text)
+    if path.is_dir():
+        raise BadRequestError("input is a folder, not a MIDI file", argument="IN.mid", value=text,
+                              fix="name one .mid file inside it")
     if not path.is_file():
         raise BadRequestError("input file not found", argument="IN.mid", value=text, fix="check the path")
     return path
