@@ -134,9 +134,10 @@ def test_serve_passes_its_options(tmp_path, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(app, "serve", lambda *a, **k: seen.update(args=a, kwargs=k))
     code, _, err = run(["serve", "--port", 8123, "--data-dir", tmp_path / "d", "--model", tmp_path / "m",
-                        "--threads", 2], capsys)
+                        "--threads", 2, "--int8"], capsys)
     assert code == 0, err
-    assert seen["args"] == ("127.0.0.1", 8123, tmp_path / "d", str(tmp_path / "m")) and seen["kwargs"] == {"threads": 2}
+    assert seen["args"] == ("127.0.0.1", 8123, tmp_path / "d", str(tmp_path / "m"))
+    assert seen["kwargs"] == {"threads": 2, "int8": True}
     code, _, err = run(["serve", "--port", 0], capsys)
     assert code == 2 and "--port" in err
     (tmp_path / "file").write_text("x")

@@ -1,8 +1,12 @@
-"""Native one-token decode: ``csrc/fastdecode.c`` built with the machine's C compiler and called through ctypes.
+"""Native CPU kernels: ``csrc/fastdecode.c`` built with the machine's C compiler and called through ctypes.
 
-The same equations as :func:`midirwkv.model.decode.decode_step` (the tests hold the two to 1e-4), run as
-one call per token instead of ~40 torch ops per layer: at paper size and batch 1 that is the difference
-between paying a dispatch and a thread wake-up per op and streaming the weights at memory speed.
+* :class:`NativeDecoder`: one decode step, the equations of :func:`midirwkv.model.decode.decode_step` (the
+  tests hold the two to 1e-4), as one call per token instead of ~40 torch ops per layer: at paper size and
+  batch 1 that is the difference between paying a dispatch and a thread wake-up per op and streaming the
+  weights at memory speed.
+* :func:`wkv`: the WKV recurrence over a prompt, sequentially (prefill, no gradients).
+* :func:`wkv_train`: the same with gradients (an autograd function; the backward recomputes the states
+  between checkpoints kept every ``TRAIN_SEGMENT`` steps).
 
 The library is compiled on first use (about a second; ``-O3 -march=native``) into the user's cache folder
 (``$MIDIRWKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/midirwkv``, else ``~/.cache/midirwkv``), keyed by a hash of
@@ -70,6 +74,16 @@ class _Wkv(ctypes.Structure):
         (n, ctypes.c_void_p) for n in ("r", "w", "k", "v", "a", "b", "S", "y")] + [("n_threads", ctypes.c_int)]
 
 
+class _WkvTrain(ctypes.Structure):
+    _fields_ = [("f", _Wkv), ("K", ctypes.c_int64), ("ckpt", ctypes.c_void_p), ("dy", ctypes.c_void_p),
+                ("dST", ctypes.c_void_p)] + [(n, ctypes.c_void_p) for n in ("dr", "dw", "dk", "dv", "da", "db", "dS0")] + [
+        ("backward", ctypes.c_int)]
+
+
+TRAIN_SEGMENT = 32
+"""Steps between the states the training forward keeps; the backward recomputes the others (memory ~1/32)."""
+
+
 def mode() -> str:
     """The decode backend asked for by ``MIDIRWKV_DECODE`` (``auto`` when unset)."""
     value = os.environ.get("MIDIRWKV_DECODE", "auto").strip().lower() or "auto"
@@ -133,6 +147,8 @@ def _library_or_reason() -> tuple[ctypes.CDLL | None, str]:
         dll.fastdecode_step.restype = ctypes.c_int
         dll.fastdecode_wkv.argtypes = [ctypes.POINTER(_Wkv)]
         dll.fastdecode_wkv.restype = ctypes.c_int
+        dll.fastdecode_wkv_train.argtypes = [ctypes.POINTER(_WkvTrain)]
+        dll.fastdecode_wkv_train.restype = ctypes.c_int
         return dll, ""
     return None, "; ".join(errors)
 
@@ -179,6 +195,62 @@ def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state0
     if lib.fastdecode_wkv(ctypes.byref(p)) != 0:
         return None
     return y.to(r.dtype), S
+
+
+class _WkvFunction(torch.autograd.Function):
+    """The WKV recurrence with gradients, both directions sequential in C (see ``fastdecode_wkv_train``)."""
+
+    @staticmethod
+    def forward(ctx, r, w, k, v, a, b, s0):
+        lib = library()
+        B, T, H, N = r.shape
+        ins = [t.detach().to(torch.float32).contiguous() for t in (r, w, k, v, a, b)]
+        S = s0.detach().to(torch.float32, copy=True).contiguous()
+        y = torch.empty(B, T, H, N, dtype=torch.float32)
+        nseg = -(-T // TRAIN_SEGMENT)
+        ckpt = torch.empty(B, H, nseg, N, N, dtype=torch.float32)
+        p = _WkvTrain(K=TRAIN_SEGMENT, ckpt=ckpt.data_ptr(), backward=0)
+        p.f = _Wkv(B=B, T=T, H=H, N=N, S=S.data_ptr(), y=y.data_ptr(), n_threads=torch.get_num_threads())
+        p.f.r, p.f.w, p.f.k, p.f.v, p.f.a, p.f.b = (t.data_ptr() for t in ins)
+        rc = lib.fastdecode_wkv_train(ctypes.byref(p))
+        if rc != 0:
+            raise MemoryError(f"native WKV forward failed (code {rc})")
+        ctx.save_for_backward(*ins, ckpt)
+        ctx.dtypes = (r.dtype, s0.dtype)
+        return y.to(r.dtype), S
+
+    @staticmethod
+    def backward(ctx, dy, dST):
+        *ins, ckpt = ctx.saved_tensors
+        r = ins[0]
+        B, T, H, N = r.shape
+        dy = (torch.zeros_like(r) if dy is None else dy.to(torch.float32)).contiguous()
+        dST = None if dST is None else dST.to(torch.float32).contiguous()
+        grads = [torch.empty_like(r) for _ in range(6)]
+        dS0 = torch.empty(B, H, N, N, dtype=torch.float32)
+        p = _WkvTrain(K=TRAIN_SEGMENT, ckpt=ckpt.data_ptr(), dy=dy.data_ptr(),
+                      dST=None if dST is None else dST.data_ptr(), dS0=dS0.data_ptr(), backward=1)
+        p.f = _Wkv(B=B, T=T, H=H, N=N, n_threads=torch.get_num_threads())
+        p.f.r, p.f.w, p.f.k, p.f.v, p.f.a, p.f.b = (t.data_ptr() for t in ins)
+        p.dr, p.dw, p.dk, p.dv, p.da, p.db = (g.data_ptr() for g in grads)
+        rc = library().fastdecode_wkv_train(ctypes.byref(p))
+        if rc != 0:
+            raise MemoryError(f"native WKV backward failed (code {rc})")
+        xdt, sdt = ctx.dtypes
+        return (*(g.to(xdt) for g in grads), dS0.to(sdt))
+
+
+def wkv_train(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state0: Tensor | None = None
+              ) -> tuple[Tensor, Tensor] | None:
+    """:func:`midirwkv.model.wkv.wkv_ref` with gradients to every input and the start state, in C.
+
+    Returns None where the native library is unavailable or the inputs do not fit it (CUDA, head > 256).
+    """
+    B, T, H, N = r.shape
+    if r.device.type != "cpu" or N > MAX_HEAD_SIZE or B < 1 or T < 1 or library() is None:
+        return None
+    s0 = torch.zeros(B, H, N, N, dtype=torch.float32) if state0 is None else state0
+    return _WkvFunction.apply(r, w, k, v, a, b, s0)
 
 
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:

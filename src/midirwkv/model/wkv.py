@@ -13,8 +13,9 @@ are ``(B, T, H, N)``; the state is ``(B, H, N, N)`` and is always kept in float3
 ``wkv_ref`` is the spec. ``wkv_chunked`` computes the same thing in chunks of ``chunk`` steps: inside a chunk
 the unknown ``u_t = S_{t-1} a_t`` solves a unit lower-triangular system (the WY form of a product of
 diagonal-plus-rank-1 matrices), so everything but a short scan over chunks is batched matrix products.
-``wkv_step`` is one token of decode. ``wkv`` picks the chunked form, or flash-linear-attention's fused kernel
-when it is installed and the tensors live on a CUDA device.
+``wkv_step`` is one token of decode. ``wkv`` picks flash-linear-attention's fused kernel on a CUDA device
+when it is installed; on the CPU the same recurrence run sequentially in C (``fastdecode``: forward for
+prefill, forward and backward with checkpointed states for training), else the chunked form.
 """
 
 from __future__ import annotations
@@ -174,16 +175,20 @@ def wkv_fla(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
 
 def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
         state0: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
-    """The fastest available path: fla on CUDA when installed; on the CPU without gradients (prompt prefill)
-    the sequential recurrence in C (:func:`midirwkv.model.fastdecode.wkv`); else :func:`wkv_chunked`."""
+    """The fastest available path: fla on CUDA when installed; on the CPU the recurrence run sequentially in
+    C (:mod:`midirwkv.model.fastdecode`: without gradients for prefill, with them for training, both exact);
+    else :func:`wkv_chunked`."""
     if r.is_cuda and _fla_available():
         return wkv_fla(r, w, k, v, a, b, state0)
-    inputs = (r, w, k, v, a, b) if state0 is None else (r, w, k, v, a, b, state0)
-    if not r.is_cuda and not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+    if not r.is_cuda:
         from midirwkv.model import fastdecode
 
         _check(r, w, k, v, a, b, state0)
-        out = fastdecode.wkv(r, w, k, v, a, b, state0)
+        inputs = (r, w, k, v, a, b) if state0 is None else (r, w, k, v, a, b, state0)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            out = fastdecode.wkv_train(r, w, k, v, a, b, state0)
+        else:
+            out = fastdecode.wkv(r, w, k, v, a, b, state0)
         if out is not None:
             return out
     return wkv_chunked(r, w, k, v, a, b, state0, chunk)

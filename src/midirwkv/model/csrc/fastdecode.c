@@ -508,6 +508,27 @@ typedef struct {
     int tid, nt;
 } WkvJob;
 
+/* One step of the recurrence from Sin to Sout (row i of Sout depends only on row i of Sin, so Sout may be
+ * Sin); y = S_t r when y is not NULL. */
+static inline void wkv_one_step(float *Sout, const float *Sin, int64_t N, const float *ew,
+                                const float *r, const float *k, const float *v, const float *a, const float *bb,
+                                float *y) {
+    for (int64_t i = 0; i < N; i++) {
+        const float *Si = Sin + i * N;
+        float *So = Sout + i * N;
+        float sa = 0.f;
+        for (int64_t j = 0; j < N; j++) sa += Si[j] * a[j];
+        const float vi = v[i];
+        float acc = 0.f;
+        for (int64_t j = 0; j < N; j++) {
+            const float s = Si[j] * ew[j] + sa * bb[j] + vi * k[j];
+            So[j] = s;
+            acc += s * r[j];
+        }
+        if (y) y[i] = acc;
+    }
+}
+
 static void *wkv_run(void *arg) {
     const WkvJob *job = (const WkvJob *)arg;
     const Wkv *p = job->p;
@@ -523,19 +544,7 @@ static void *wkv_run(void *arg) {
             const float *r = p->r + o, *w = p->w + o, *k = p->k + o, *v = p->v + o, *a = p->a + o, *bb = p->b + o;
             float *y = p->y + o;
             for (int64_t j = 0; j < N; j++) ew[j] = expf(w[j]);
-            for (int64_t i = 0; i < N; i++) {
-                float *Si = S + i * N;
-                float sa = 0.f;
-                for (int64_t j = 0; j < N; j++) sa += Si[j] * a[j];
-                const float vi = v[i];
-                float acc = 0.f;
-                for (int64_t j = 0; j < N; j++) {
-                    const float s = Si[j] * ew[j] + sa * bb[j] + vi * k[j];
-                    Si[j] = s;
-                    acc += s * r[j];
-                }
-                y[i] = acc;
-            }
+            wkv_one_step(S, S, N, ew, r, k, v, a, bb, y);   /* row i reads only row i: in place is safe */
         }
     }
     return NULL;
@@ -561,5 +570,135 @@ int fastdecode_wkv(const Wkv *p) {
     jobs[0].p = p; jobs[0].tid = 0; jobs[0].nt = nt;
     wkv_run(&jobs[0]);
     for (int t = 1; t < started; t++) pthread_join(threads[t], NULL);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ WKV for training */
+
+/* Forward as fastdecode_wkv, also keeping the state before every K-th step in ckpt (B, H, ceil(T/K), N, N);
+ * backward walks the steps in reverse, recomputing the K states of one segment at a time from its checkpoint:
+ *     dS_t += dy_t r_t^T;   dr_t = S_t^T dy_t;   dv_t = dS_t k_t;   dk_t = dS_t^T v_t
+ *     dw_t = exp(w_t) * diag(S_{t-1}^T dS_t);   da_t = S_{t-1}^T (dS_t b_t);   db_t = dS_t^T (S_{t-1} a_t)
+ *     dS_{t-1} = dS_t diag(exp(w_t)) + (dS_t b_t) a_t^T
+ * Gradients are written (not accumulated) to (B, T, H, N) buffers and dS0 (B, H, N, N). */
+typedef struct {
+    Wkv f;                 /* forward arguments (S: the start state, overwritten with the final state) */
+    int64_t K;             /* steps per checkpoint segment */
+    float *ckpt;           /* (B, H, nseg, N, N) */
+    const float *dy;       /* (B, T, H, N) */
+    const float *dST;      /* (B, H, N, N) or NULL */
+    float *dr, *dw, *dk, *dv, *da, *db, *dS0;
+    int backward;
+} WkvTrain;
+
+typedef struct {
+    const WkvTrain *p;
+    int tid, nt;
+    int rc;
+} WkvTrainJob;
+
+static void *wkv_train_run(void *arg) {
+    WkvTrainJob *job = (WkvTrainJob *)arg;
+    const WkvTrain *p = job->p;
+    const int64_t T = p->f.T, H = p->f.H, N = p->f.N, K = p->K, NN = N * N;
+    const int64_t nseg = (T + K - 1) / K;
+    int64_t lo, hi;
+    split(p->f.B * H, job->tid, job->nt, &lo, &hi);
+    float ew[256], dSb[256], sa[256];
+    float *buf = NULL, *dS = NULL;
+    if (p->backward) {
+        buf = (float *)malloc(sizeof(float) * (K + 1) * NN);
+        dS = (float *)malloc(sizeof(float) * NN);
+        if (!buf || !dS) { free(buf); free(dS); job->rc = 2; return NULL; }
+    }
+    for (int64_t u = lo; u < hi; u++) {
+        const int64_t b = u / H, h = u % H;
+        float *S = p->f.S + u * NN, *ck = p->ckpt + u * nseg * NN;
+#define OFF(t) ((((b) * T + (t)) * H + h) * N)
+        if (!p->backward) {
+            for (int64_t t = 0; t < T; t++) {
+                if (t % K == 0) memcpy(ck + (t / K) * NN, S, sizeof(float) * NN);
+                const int64_t o = OFF(t);
+                for (int64_t j = 0; j < N; j++) ew[j] = expf(p->f.w[o + j]);
+                wkv_one_step(S, S, N, ew, p->f.r + o, p->f.k + o, p->f.v + o, p->f.a + o, p->f.b + o, p->f.y + o);
+            }
+            continue;
+        }
+        if (p->dST) memcpy(dS, p->dST + u * NN, sizeof(float) * NN);
+        else memset(dS, 0, sizeof(float) * NN);
+        for (int64_t s = nseg - 1; s >= 0; s--) {
+            const int64_t t0 = s * K, t1 = t0 + K < T ? t0 + K : T;
+            memcpy(buf, ck + s * NN, sizeof(float) * NN);          /* buf[0] = S_{t0-1}; buf[i+1] = S_{t0+i} */
+            for (int64_t t = t0; t < t1; t++) {
+                const int64_t o = OFF(t);
+                for (int64_t j = 0; j < N; j++) ew[j] = expf(p->f.w[o + j]);
+                wkv_one_step(buf + (t - t0 + 1) * NN, buf + (t - t0) * NN, N, ew, p->f.r + o, p->f.k + o,
+                             p->f.v + o, p->f.a + o, p->f.b + o, NULL);
+            }
+            for (int64_t t = t1 - 1; t >= t0; t--) {
+                const int64_t o = OFF(t);
+                const float *St = buf + (t - t0 + 1) * NN, *Sp = buf + (t - t0) * NN;
+                const float *r = p->f.r + o, *w = p->f.w + o, *k = p->f.k + o, *v = p->f.v + o;
+                const float *a = p->f.a + o, *bb = p->f.b + o, *dy = p->dy + o;
+                float *dr = p->dr + o, *dw = p->dw + o, *dk = p->dk + o, *dv = p->dv + o;
+                float *da = p->da + o, *db = p->db + o;
+                for (int64_t j = 0; j < N; j++) { ew[j] = expf(w[j]); dr[j] = 0.f; dw[j] = 0.f; dk[j] = 0.f;
+                                                  da[j] = 0.f; db[j] = 0.f; }
+                for (int64_t i = 0; i < N; i++) {
+                    float *dSi = dS + i * N;
+                    const float *Sti = St + i * N, *Spi = Sp + i * N;
+                    const float dyi = dy[i], vi = v[i];
+                    float dvi = 0.f, sbi = 0.f, sai = 0.f;
+                    for (int64_t j = 0; j < N; j++) {
+                        dSi[j] += dyi * r[j];
+                        dr[j] += Sti[j] * dyi;
+                        dvi += dSi[j] * k[j];
+                        dk[j] += dSi[j] * vi;
+                        sbi += dSi[j] * bb[j];
+                        sai += Spi[j] * a[j];
+                        dw[j] += Spi[j] * dSi[j];
+                    }
+                    dv[i] = dvi;
+                    dSb[i] = sbi;
+                    sa[i] = sai;
+                }
+                for (int64_t i = 0; i < N; i++) {
+                    float *dSi = dS + i * N;
+                    const float *Spi = Sp + i * N;
+                    const float sbi = dSb[i], sai = sa[i];
+                    for (int64_t j = 0; j < N; j++) {
+                        da[j] += Spi[j] * sbi;
+                        db[j] += sai * dSi[j];
+                        dSi[j] = dSi[j] * ew[j] + sbi * a[j];
+                    }
+                }
+                for (int64_t j = 0; j < N; j++) dw[j] *= ew[j];
+            }
+        }
+        memcpy(p->dS0 + u * NN, dS, sizeof(float) * NN);
+#undef OFF
+    }
+    free(buf);
+    free(dS);
+    return NULL;
+}
+
+/* Forward (backward = 0) or backward (1) of the WKV for training. Returns 0, 1 (bad argument) or 2 (memory). */
+int fastdecode_wkv_train(const WkvTrain *p) {
+    if (p->f.N > 256 || p->f.N < 1 || p->f.B < 1 || p->f.T < 1 || p->K < 1 || p->f.n_threads < 1) return 1;
+    int nt = p->f.n_threads > 64 ? 64 : p->f.n_threads;
+    if (nt > p->f.B * p->f.H) nt = (int)(p->f.B * p->f.H);
+    WkvTrainJob jobs[64];
+    pthread_t threads[64];
+    int started = 1;
+    for (int t = 0; t < nt; t++) { jobs[t].p = p; jobs[t].tid = t; jobs[t].nt = nt; jobs[t].rc = 0; }
+    for (int t = 1; t < nt; t++) {
+        if (pthread_create(&threads[t], NULL, wkv_train_run, &jobs[t]) != 0) break;
+        started++;
+    }
+    for (int t = started; t < nt; t++) wkv_train_run(&jobs[t]);
+    wkv_train_run(&jobs[0]);
+    for (int t = 1; t < started; t++) pthread_join(threads[t], NULL);
+    for (int t = 0; t < nt; t++) if (jobs[t].rc) return jobs[t].rc;
     return 0;
 }
