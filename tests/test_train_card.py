@@ -70,3 +70,28 @@ def test_command_line_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "midirwkv.train.card", str(tmp_path), "--out", str(tmp_path / "m")],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "no finished model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_continued_run_card_and_log_cover_the_whole_history(runs):
+    """A run started from a published model: the card sums every run, the log and curve continue the old ones."""
+    import csv
+
+    from midirwkv.music.vocab import Vocab
+
+    root, run = runs
+    first = publish(run["long"], root / "lineage")
+    cfg = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "cont"), init_from=str(first),
+                      model=ModelConfig(vocab_size=Vocab.load().size, **TINY), ctx_len=96, micro_batch=2,
+                      max_steps=3, warmup_steps=1, lr=1e-3, eval_every=3, eval_batches=2, progress=False, threads=1)
+    train(cfg)
+    old_rows = list(csv.DictReader(open(first / "train_log.csv")))
+    dest = publish(root / "cont", first, force=True)
+    card = (dest / "MODEL_CARD.md").read_text()
+    meta0 = json.loads((run["long"] / "final" / "meta.json").read_text())
+    meta1 = json.loads((dest / "meta.json").read_text())
+    total = meta0["tokens_seen"] + meta1["tokens_seen"]
+    assert "In total over 2 runs" in card and f"{total:,} tokens" in card
+    rows = list(csv.DictReader(open(dest / "train_log.csv")))
+    tokens = [int(r["tokens"]) for r in rows]
+    assert len(rows) > len(old_rows) and tokens == sorted(tokens) and tokens[-1] == total
+    assert (dest / "val_curve.png").stat().st_size > 0

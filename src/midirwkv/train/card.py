@@ -77,6 +77,76 @@ def _source_licences(sources: Sequence[str]) -> list[str]:
     return out
 
 
+def lineage(meta: dict) -> list[dict]:
+    """The runs that made a model, oldest first: each run's meta, following ``init_meta`` back."""
+    chain, m = [], meta
+    while m:
+        chain.append(m)
+        m = m.get("init_meta")
+    return chain[::-1]
+
+
+def combine_logs(previous: Path | None, current: Path, out: Path) -> Path:
+    """Write ``out``: the previous model's log (already cumulative) then ``current``'s rows, whose step, token
+    and time columns continue from the previous log's last row; just ``current`` without a previous log."""
+    import csv
+
+    rows: list[dict] = []
+    header: list[str] = []
+    offset = {"step": 0.0, "tokens": 0.0, "elapsed_s": 0.0}
+    if previous is not None and previous.is_file():
+        with open(previous, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+        if rows:
+            offset = {k: float(rows[-1].get(k) or 0) for k in offset}
+    with open(current, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = header or list(reader.fieldnames or [])
+        for row in reader:
+            for k, base in offset.items():
+                if row.get(k) not in (None, ""):
+                    v = float(row[k]) + base
+                    row[k] = str(int(v)) if k != "elapsed_s" else f"{v:.3f}"
+            rows.append(row)
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def _training_lines(meta: dict, tcfg: dict) -> list[str]:
+    runs = lineage(meta)
+    lines = [
+        f"- Steps: {meta.get('steps')}; tokens seen: {meta.get('tokens_seen'):,}; training wall time: "
+        f"{meta.get('elapsed_s', 0) / 60:.1f} min on {tcfg.get('threads') or 'all'} CPU thread(s) of a 2-core machine"
+        + (" (this run)." if len(runs) > 1 else "."),
+        f"- Context {tcfg.get('ctx_len')} tokens, {tcfg.get('micro_batch')} x {tcfg.get('grad_accum')} sequences per "
+        f"step, AdamW lr {tcfg.get('lr')} (warm-up {tcfg.get('warmup_steps')} steps, cosine to "
+        f"{tcfg.get('lr_floor')}), betas {tcfg.get('betas')}, weight decay {tcfg.get('weight_decay')} on matrices, "
+        f"grad clip {tcfg.get('grad_clip')}, track-infilling samples p={tcfg.get('p_track')}, pitch/velocity "
+        f"augmentation {'on' if tcfg.get('augment') else 'off'}, seed {tcfg.get('seed')}.",
+        f"- Started from: {meta.get('init_from') or 'random initialisation'}.",
+    ]
+    if len(runs) > 1:
+        tokens = sum(r.get("tokens_seen") or 0 for r in runs)
+        steps = sum(r.get("steps") or 0 for r in runs)
+        minutes = sum(r.get("elapsed_s") or 0 for r in runs) / 60
+        lines.append(f"- In total over {len(runs)} runs, each starting from the model the one before published: "
+                     f"{steps:,} steps, {tokens:,} tokens, {minutes:.1f} min of training "
+                     f"({minutes / 60:.2f} h); per run:")
+        for i, r in enumerate(runs, 1):
+            c = r.get("train_config") or {}
+            last = (r.get("val_curve") or [{}])[-1]
+            lines.append(f"  {i}. {r.get('steps')} steps, {r.get('tokens_seen'):,} tokens, "
+                         f"{(r.get('elapsed_s') or 0) / 60:.1f} min, lr {c.get('lr')} -> {c.get('lr_floor')}, "
+                         f"seed {c.get('seed')}; validation loss at its end "
+                         f"{last.get('val_loss', float('nan')):.4f}")
+    return lines
+
+
 def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
     """Write ``out/MODEL_CARD.md`` from a checkpoint's ``meta.json`` (numbers only as recorded)."""
     cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
@@ -101,14 +171,7 @@ def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
         "",
         "## Training",
         "",
-        f"- Steps: {meta.get('steps')}; tokens seen: {meta.get('tokens_seen'):,}; training wall time: "
-        f"{meta.get('elapsed_s', 0) / 60:.1f} min on {tcfg.get('threads') or 'all'} CPU thread(s) of a 2-core machine.",
-        f"- Context {tcfg.get('ctx_len')} tokens, {tcfg.get('micro_batch')} x {tcfg.get('grad_accum')} sequences per "
-        f"step, AdamW lr {tcfg.get('lr')} (warm-up {tcfg.get('warmup_steps')} steps, cosine to "
-        f"{tcfg.get('lr_floor')}), betas {tcfg.get('betas')}, weight decay {tcfg.get('weight_decay')} on matrices, "
-        f"grad clip {tcfg.get('grad_clip')}, track-infilling samples p={tcfg.get('p_track')}, pitch/velocity "
-        f"augmentation {'on' if tcfg.get('augment') else 'off'}, seed {tcfg.get('seed')}.",
-        f"- Started from: {meta.get('init_from') or 'random initialisation'}.",
+        *_training_lines(meta, tcfg),
         "",
         "## Data",
         "",
@@ -193,8 +256,11 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
         for f in FILES:
             shutil.copyfile(final / f, tmp / f)
         if (run_dir / "train_log.csv").is_file():
-            plot_curves(run_dir / "train_log.csv", tmp / "val_curve.png")
-            shutil.copyfile(run_dir / "train_log.csv", tmp / "train_log.csv")
+            # a run started from a published model continues that model's log and curve
+            init = meta.get("init_from")
+            previous = Path(init) / "train_log.csv" if init and meta.get("init_meta") else None
+            combine_logs(previous, run_dir / "train_log.csv", tmp / "train_log.csv")
+            plot_curves(tmp / "train_log.csv", tmp / "val_curve.png")
         write_card(tmp, meta, _params(tmp), notes)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
