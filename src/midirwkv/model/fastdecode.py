@@ -253,6 +253,15 @@ def wkv_train(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, 
     return _WkvFunction.apply(r, w, k, v, a, b, s0)
 
 
+def pack_panels(w: Tensor) -> Tensor:
+    """``(out, in)`` -> panels of 16 outputs, ``(ceil(out/16), in, 16)``, outputs zero-padded (any dtype)."""
+    out, n = w.shape
+    P = -(-out // 16)
+    padded = torch.zeros(P * 16, n, dtype=w.dtype)
+    padded[:out] = w
+    return padded.view(P, 16, n).transpose(1, 2).contiguous()
+
+
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 per output row: ``w ~= q * s[:, None]`` with ``|q| <= 127``."""
     s = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
@@ -275,14 +284,15 @@ class NativeDecoder:
             return t.data_ptr()
 
         def mat(w: Tensor, quant: bool) -> ctypes.POINTER:
-            w = w.detach().to(torch.float32).contiguous()
+            w = w.detach().to(torch.float32)
             m = _Mat(out=w.shape[0], in_=w.shape[1])
             if quant:
                 q, s = quantize_rows(w)
+                q = pack_panels(q)
                 self._keep += [q, s]
                 m.q, m.s = q.data_ptr(), s.data_ptr()
             else:
-                m.f = f(w)
+                m.f = f(pack_panels(w))
             self._mats.append(m)
             return ctypes.pointer(m)
 

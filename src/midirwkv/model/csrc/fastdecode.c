@@ -20,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A matrix used as y = W x: `out` rows of `in` values, row-major; either f (fp32) or q + s (int8 and scales). */
+/* A matrix used as y = W x with `out` outputs of `in` inputs; either f (fp32) or q + s (int8 and one scale per
+ * output), stored in panels of 16 outputs, [ceil(out/16)][in][16] (outputs padded with zeros): a product
+ * reads each panel front to back and broadcasts x, so any batch size runs without horizontal sums. */
 typedef struct {
     const float *f;
     const int8_t *q;
@@ -99,17 +101,6 @@ static inline float dot_f32(const float *restrict w, const float *restrict x, in
     return s;
 }
 
-static inline float dot_q8(const int8_t *restrict w, const float *restrict x, int64_t n) {
-    float acc[32] = {0};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 32; j++) acc[j] += (float)w[i + j] * x[i + j];
-    float s = 0.f;
-    for (int j = 0; j < 32; j++) s += acc[j];
-    for (; i < n; i++) s += (float)w[i] * x[i];
-    return s;
-}
-
 typedef float v16 __attribute__((vector_size(64)));
 typedef int8_t c16 __attribute__((vector_size(16)));
 
@@ -152,70 +143,27 @@ static inline float hsum(v16 v) {
 #endif
 }
 
-/* A 4 x 4 tile: W[o + r] . x[b + c] for r, c < 4; each weight vector is loaded once for four rows of x and
- * each x vector once for four weight rows (a 1 x 4 tile would be bound by loads, not by multiply-adds). */
-#define TILE_BODY(T, LOAD, W)                                                                  \
-    const T *w0 = row, *w1 = row + n, *w2 = row + 2 * n, *w3 = row + 3 * n;                   \
-    v16 a[4][4];                                                                             \
-    _Pragma("GCC unroll 16") for (int k = 0; k < 16; k++) a[k / 4][k % 4] = (v16){0};        \
-    int64_t i = 0;                                                                           \
-    for (; i + 16 <= n; i += 16) {                                                           \
-        /* fetch the next tile's weights while this one computes (batches are compute-heavy) */  \
-        __builtin_prefetch(w3 + n + i);                                                     \
-        __builtin_prefetch(w3 + 2 * n + i);                                                 \
-        __builtin_prefetch(w3 + 3 * n + i);                                                 \
-        __builtin_prefetch(w3 + 4 * n + i);                                                 \
-        v16 wv[4] = {LOAD(w0 + i), LOAD(w1 + i), LOAD(w2 + i), LOAD(w3 + i)};               \
-        for (int c = 0; c < 4; c++) {                                                        \
-            v16 xv = load_x(x + c * xs + i);                                                 \
-            for (int r = 0; r < 4; r++) a[r][c] += wv[r] * xv;                               \
-        }                                                                                    \
-    }                                                                                        \
-    for (int r = 0; r < 4; r++)                                                              \
-        for (int c = 0; c < 4; c++) out[r][c] = hsum(a[r][c]);                               \
-    for (; i < n; i++)                                                                       \
-        for (int r = 0; r < 4; r++)                                                          \
-            for (int c = 0; c < 4; c++) out[r][c] += (W) * x[c * xs + i];
+static inline v16 bcast(float v) { return (v16){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v}; }
 
-static inline void tile_f32(const float *restrict row, int64_t n, const float *x, int64_t xs, float out[4][4]) {
-    TILE_BODY(float, load_f, row[r * n + i])
-}
-
-static inline void tile_q8(const int8_t *restrict row, int64_t n, const float *x, int64_t xs, float out[4][4]) {
-    TILE_BODY(int8_t, load_q, (float)row[r * n + i])
-}
-
-/* W[o] . x[b] for four rows b of x at once: each weight vector is loaded (and converted) once for all four.
- * One body for both weight types (LOAD reads 16 weights as floats; W the scalar weight at an index). */
-#define DOT4_BODY(LOAD, W)                                                           \
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                    \
-    int64_t i = 0;                                                                 \
-    for (; i + 16 <= n; i += 16) {                                                 \
-        v16 w = LOAD(row + i);                                                     \
-        a0 += w * load_x(x + i);                                                   \
-        a1 += w * load_x(x + xs + i);                                              \
-        a2 += w * load_x(x + 2 * xs + i);                                          \
-        a3 += w * load_x(x + 3 * xs + i);                                          \
-    }                                                                              \
-    out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);   \
-    for (; i < n; i++)                                                             \
-        for (int b = 0; b < 4; b++) out[b] += (W) * x[b * xs + i];
-
-static inline void dot4_f32(const float *restrict row, int64_t n, const float *x, int64_t xs, float out[4]) {
-    DOT4_BODY(load_f, row[i])
-}
-
-static inline void dot4_q8(const int8_t *restrict row, int64_t n, const float *x, int64_t xs, float out[4]) {
-    DOT4_BODY(load_q, (float)row[i])
-}
-
-static inline void dot4(const Mat *m, int64_t o, const float *x, int64_t xs, float out[4]) {
-    if (m->q) {
-        dot4_q8(m->q + o * m->in, m->in, x, xs, out);
-        for (int b = 0; b < 4; b++) out[b] *= m->s[o];
-    } else {
-        dot4_f32(m->f + o * m->in, m->in, x, xs, out);
+/* One row of a WKV state update: So[j] = Si[j] * decay[j] + c * b[j] + vi * k[j] for all j (So may be Si);
+ * returns sum_j So[j] * r[j]. Vectorized with 16 lanes (a plain loop with a running sum would stay scalar). */
+static inline float wkv_row(float *So, const float *Si, const float *decay, float c, const float *b, float vi,
+                            const float *k, const float *r, int64_t n) {
+    v16 acc = bcast(0.f);
+    const v16 cv = bcast(c), vv = bcast(vi);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v16 sv = load_f(Si + j) * load_f(decay + j) + cv * load_f(b + j) + vv * load_f(k + j);
+        memcpy(So + j, &sv, sizeof sv);
+        acc += sv * load_f(r + j);
     }
+    float out = hsum(acc);
+    for (; j < n; j++) {
+        const float sj = Si[j] * decay[j] + c * b[j] + vi * k[j];
+        So[j] = sj;
+        out += sj * r[j];
+    }
+    return out;
 }
 
 /* Activations applied to a matrix product's outputs as they are written. */
@@ -226,44 +174,60 @@ static inline void put(float *y, float v, int add, int act) {
     if (add) *y += v; else *y = v;
 }
 
-/* y[b, o] (+)= act(W[o] . x[b]) for o in [lo, hi): each weight row is read once for all B rows. */
-static void matvec(const Mat *m, const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride,
-                   int64_t lo, int64_t hi, int add, int act) {
-    const int64_t n = m->in;
-    int64_t o = lo;
-    if (B >= 4) {
-        for (; o + 4 <= hi; o += 4) {
-            int64_t b = 0;
-            for (; b + 4 <= B; b += 4) {
-                float t[4][4];
-                if (m->q) tile_q8(m->q + o * n, n, x + b * x_stride, x_stride, t);
-                else tile_f32(m->f + o * n, n, x + b * x_stride, x_stride, t);
-                for (int r = 0; r < 4; r++) {
-                    const float sc = m->q ? m->s[o + r] : 1.f;
-                    for (int c = 0; c < 4; c++) put(y + (b + c) * y_stride + o + r, t[r][c] * sc, add, act);
-                }
-            }
-            for (; b < B; b++)
-                for (int r = 0; r < 4; r++) {
-                    const int64_t oo = o + r;
-                    float v = m->q ? dot_q8(m->q + oo * n, x + b * x_stride, n) * m->s[oo]
-                                   : dot_f32(m->f + oo * n, x + b * x_stride, n);
-                    put(y + b * y_stride + oo, v, add, act);
-                }
-        }
-    }
-    for (; o < hi; o++) {
-        int64_t b = 0;
-        for (; b + 4 <= B; b += 4) {
-            float v[4];
-            dot4(m, o, x + b * x_stride, x_stride, v);
-            for (int j = 0; j < 4; j++) put(y + (b + j) * y_stride + o, v[j], add, act);
-        }
-        for (; b < B; b++) {
-            float v = m->q ? dot_q8(m->q + o * n, x + b * x_stride, n) * m->s[o]
-                           : dot_f32(m->f + o * n, x + b * x_stride, n);
-            put(y + b * y_stride + o, v, add, act);
-        }
+/* Packed panels: G panels (16 outputs each) x BB rows of x at a time, accumulators in registers, no
+ * horizontal sums: each step of i loads G weight vectors and broadcasts BB inputs. */
+#define PANEL_KERNEL(NAME, T, LOAD, G, BB)                                                                  \
+static void NAME(const Mat *m, const T *base, int64_t pg, const float *x, int64_t xs, float *y, int64_t ys, \
+                 int add, int act) {                                                                       \
+    const int64_t n = m->in;                                                                               \
+    v16 acc[G][BB];                                                                                        \
+    for (int g = 0; g < G; g++)                                                                            \
+        for (int c = 0; c < BB; c++) acc[g][c] = bcast(0.f);                                               \
+    const T *w = base + pg * n * 16;                                                                       \
+    for (int64_t i = 0; i < n; i++) {                                                                      \
+        v16 wv[G];                                                                                         \
+        for (int g = 0; g < G; g++) wv[g] = LOAD(w + (g * n + i) * 16);                                    \
+        for (int c = 0; c < BB; c++) {                                                                     \
+            const v16 xb = bcast(x[c * xs + i]);                                                           \
+            for (int g = 0; g < G; g++) acc[g][c] += wv[g] * xb;                                           \
+        }                                                                                                  \
+    }                                                                                                      \
+    for (int g = 0; g < G; g++) {                                                                          \
+        const int64_t o0 = (pg + g) * 16;                                                                  \
+        const int lanes = m->out - o0 < 16 ? (int)(m->out - o0) : 16;                                      \
+        for (int c = 0; c < BB; c++)                                                                       \
+            for (int l = 0; l < lanes; l++)                                                                \
+                put(y + c * ys + o0 + l, acc[g][c][l] * (m->s ? m->s[o0 + l] : 1.f), add, act);            \
+    }                                                                                                      \
+}
+
+#define PANEL_SET(BB, G)                                                                                   \
+    PANEL_KERNEL(panel_f_##BB##_##G, float, load_f, G, BB)                                                 \
+    PANEL_KERNEL(panel_q_##BB##_##G, int8_t, load_q, G, BB)
+PANEL_SET(1, 4) PANEL_SET(2, 4) PANEL_SET(3, 4) PANEL_SET(4, 4)
+PANEL_SET(5, 3) PANEL_SET(6, 3) PANEL_SET(7, 3) PANEL_SET(8, 3)
+PANEL_SET(1, 1) PANEL_SET(2, 1) PANEL_SET(3, 1) PANEL_SET(4, 1)
+PANEL_SET(5, 1) PANEL_SET(6, 1) PANEL_SET(7, 1) PANEL_SET(8, 1)
+
+typedef void (*PanelFn)(const Mat *, const void *, int64_t, const float *, int64_t, float *, int64_t, int, int);
+#define PF(BB, G) (PanelFn)panel_f_##BB##_##G
+#define PQ(BB, G) (PanelFn)panel_q_##BB##_##G
+static const PanelFn PANEL_F_WIDE[9] = {0, PF(1, 4), PF(2, 4), PF(3, 4), PF(4, 4), PF(5, 3), PF(6, 3), PF(7, 3), PF(8, 3)};
+static const PanelFn PANEL_Q_WIDE[9] = {0, PQ(1, 4), PQ(2, 4), PQ(3, 4), PQ(4, 4), PQ(5, 3), PQ(6, 3), PQ(7, 3), PQ(8, 3)};
+static const PanelFn PANEL_F_ONE[9] = {0, PF(1, 1), PF(2, 1), PF(3, 1), PF(4, 1), PF(5, 1), PF(6, 1), PF(7, 1), PF(8, 1)};
+static const PanelFn PANEL_Q_ONE[9] = {0, PQ(1, 1), PQ(2, 1), PQ(3, 1), PQ(4, 1), PQ(5, 1), PQ(6, 1), PQ(7, 1), PQ(8, 1)};
+
+/* Panels [plo, phi) of a packed matrix for all B rows of x, in chunks of up to 8 rows. */
+static void matvec_packed(const Mat *m, const float *x, int64_t xs, int64_t B, float *y, int64_t ys,
+                          int64_t plo, int64_t phi, int add, int act) {
+    const void *base = m->q ? (const void *)m->q : (const void *)m->f;
+    for (int64_t b0 = 0; b0 < B; b0 += 8) {
+        const int bb = B - b0 < 8 ? (int)(B - b0) : 8;
+        const int G = bb <= 4 ? 4 : 3;       /* G x bb accumulators + G weights + 1 broadcast <= 32 registers */
+        PanelFn wide = (m->q ? PANEL_Q_WIDE : PANEL_F_WIDE)[bb], one = (m->q ? PANEL_Q_ONE : PANEL_F_ONE)[bb];
+        int64_t p = plo;
+        for (; p + G <= phi; p += G) wide(m, base, p, x + b0 * xs, xs, y + b0 * ys, ys, add, act);
+        for (; p < phi; p++) one(m, base, p, x + b0 * xs, xs, y + b0 * ys, ys, add, act);
     }
 }
 
@@ -271,8 +235,8 @@ static void matvec(const Mat *m, const float *x, int64_t x_stride, int64_t B, fl
 static void par_matvec(const Mat *m, const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride,
                        int tid, int nt, int add, int act) {
     int64_t lo, hi;
-    split(m->out, tid, nt, &lo, &hi);
-    matvec(m, x, x_stride, B, y, y_stride, lo, hi, add, act);
+    split((m->out + 15) / 16, tid, nt, &lo, &hi);
+    matvec_packed(m, x, x_stride, B, y, y_stride, lo, hi, add, act);
 }
 
 static void layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *out) {
@@ -404,16 +368,8 @@ static void *run(void *arg) {
             for (int64_t j = 0; j < N; j++) bkk[j] = kkh[j] * ih[j];
             for (int64_t i = 0; i < N; i++) {
                 float *Si = S + i * N;
-                float sa = 0.f;
-                for (int64_t j = 0; j < N; j++) sa += Si[j] * kkh[j];
-                const float vi = vh[i];
-                float acc = 0.f;
-                for (int64_t j = 0; j < N; j++) {
-                    float s = Si[j] * dh[j] - sa * bkk[j] + vi * kh[j];
-                    Si[j] = s;
-                    acc += s * rh[j];
-                }
-                y[i] = acc;
+                const float sa = dot_f32(Si, kkh, N);
+                y[i] = wkv_row(Si, Si, dh, -sa, bkk, vh[i], kh, rh, N);
             }
             double mean = 0.0, var = 0.0;
             for (int64_t i = 0; i < N; i++) mean += y[i];
@@ -514,17 +470,8 @@ static inline void wkv_one_step(float *Sout, const float *Sin, int64_t N, const 
                                 const float *r, const float *k, const float *v, const float *a, const float *bb,
                                 float *y) {
     for (int64_t i = 0; i < N; i++) {
-        const float *Si = Sin + i * N;
-        float *So = Sout + i * N;
-        float sa = 0.f;
-        for (int64_t j = 0; j < N; j++) sa += Si[j] * a[j];
-        const float vi = v[i];
-        float acc = 0.f;
-        for (int64_t j = 0; j < N; j++) {
-            const float s = Si[j] * ew[j] + sa * bb[j] + vi * k[j];
-            So[j] = s;
-            acc += s * r[j];
-        }
+        const float sa = dot_f32(Sin + i * N, a, N);
+        const float acc = wkv_row(Sout + i * N, Sin + i * N, ew, sa, bb, v[i], k, r, N);
         if (y) y[i] = acc;
     }
 }
