@@ -95,3 +95,46 @@ def test_continued_run_card_and_log_cover_the_whole_history(runs):
     tokens = [int(r["tokens"]) for r in rows]
     assert len(rows) > len(old_rows) and tokens == sorted(tokens) and tokens[-1] == total
     assert (dest / "val_curve.png").stat().st_size > 0
+
+
+def test_runs_with_other_validation_samples_are_compared_on_the_same_ones(runs):
+    """A run that validated on other samples (val_seed) cannot be compared by its logged loss: publishing asks for
+    the token cache, then measures both models on the bundled model's samples and says so in the card."""
+    from midirwkv.music.vocab import Vocab
+
+    root, run = runs
+    dest = publish(run["long"], root / "same_samples")
+    cfg = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "other_val"), init_from=str(dest),
+                      model=ModelConfig(vocab_size=Vocab.load().size, **TINY), ctx_len=96, micro_batch=2,
+                      max_steps=4, warmup_steps=1, lr=1e-3, eval_every=4, eval_batches=2, progress=False, threads=1,
+                      seed=7, val_seed=5)
+    train(cfg)
+    with pytest.raises(BadRequestError, match="different samples"):
+        publish(root / "other_val", dest)
+    try:
+        publish(root / "other_val", dest, data_dir=root / "cache")
+    except BadRequestError as exc:
+        assert "not better" in str(exc)
+    else:
+        assert "Compared with the model it replaced on the same 2 validation batches" in \
+            (dest / "MODEL_CARD.md").read_text()
+
+
+def test_validation_samples_depend_on_val_seed_not_on_seed(runs):
+    import torch
+
+    from midirwkv.data.dataset import TokenCache
+    from midirwkv.music.vocab import Vocab
+    from midirwkv.train.distributed import DistInfo
+    from midirwkv.train.loop import _validation_batches
+
+    root, _ = runs
+    cache, vocab, info = TokenCache(root / "cache", "valid"), Vocab.load(), DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
+
+    def ids(**kw):
+        cfg = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "x"), ctx_len=96, micro_batch=2,
+                          eval_batches=2, max_steps=1, **kw)
+        return torch.cat([b.input_ids.flatten() for b in _validation_batches(cache, vocab, cfg, info)])
+
+    assert torch.equal(ids(seed=0), ids(seed=9))
+    assert not torch.equal(ids(val_seed=0), ids(val_seed=9))

@@ -200,6 +200,9 @@ class TrainConfig:
     """Write a training row to the CSV log every this many steps (validation rows are always written)."""
     seed: int = 0
     """Seed of the model initialisation and of the data order and samples."""
+    val_seed: int = 0
+    """Seed of the fixed validation samples, apart from ``seed`` so that runs with other seeds (a continued
+    run, a comparison) are measured on the same samples."""
     arch: str = "rwkv7"
     """``"rwkv7"``, or ``"gpt2"`` for the Transformer baseline of the same shape (``model.gpt2``; evaluation only)."""
     dtype: str = "auto"
@@ -220,7 +223,7 @@ class TrainConfig:
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         ints = (("ctx_len", 16), ("micro_batch", 1), ("grad_accum", 1), ("warmup_steps", 0), ("max_steps", 0),
                 ("max_tokens", 0), ("eval_every", 0), ("eval_batches", 0), ("ckpt_every", 0), ("keep_last", 1),
-                ("log_every", 1), ("seed", 0), ("threads", 0), ("workers", 0))
+                ("log_every", 1), ("seed", 0), ("val_seed", 0), ("threads", 0), ("workers", 0))
         for name, lo in ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:

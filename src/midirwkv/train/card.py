@@ -224,8 +224,47 @@ def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
     return path
 
 
-def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "", force: bool = False) -> Path:
-    """Copy ``run_dir/final`` into ``out`` (atomically) with a validation curve and a model card."""
+_VAL_KEYS = ("val_split", "val_seed", "eval_batches", "micro_batch", "ctx_len", "p_track")
+
+
+def _val_settings(meta: dict) -> dict:
+    """The settings that define a run's validation samples (older runs drew them with ``seed``)."""
+    c = dict(meta.get("train_config") or {})
+    c.setdefault("val_seed", c.get("seed", 0))
+    return {k: c.get(k) for k in _VAL_KEYS} | {"data": (meta.get("data_manifest") or {}).get("vocab_hash")}
+
+
+def compare_on_same_samples(run_dir: str | Path, out: str | Path, data_dir: str | Path) -> tuple[float, float]:
+    """Validation loss of the model in ``out`` and of ``run_dir/final`` on the samples ``out``'s run validated on.
+
+    Runs with other validation settings (another seed before ``val_seed`` existed, another context) logged
+    losses on other samples; this recomputes both on one set so that the better-only rule compares like with like.
+    """
+    from midirwkv.config import TrainConfig
+    from midirwkv.model.checkpoint import load_checkpoint
+    from midirwkv.music.vocab import Vocab
+    from midirwkv.train.loop import validation_loss
+
+    old_meta = _meta(Path(out))
+    settings = _val_settings(old_meta)
+    tc = dict(old_meta.get("train_config") or {})
+    cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(run_dir), model=tc.get("model") or {}, max_steps=1,
+                      **{k: settings[k] for k in _VAL_KEYS})
+    losses = []
+    for folder in (Path(out), Path(run_dir) / "final"):
+        model, tokenizer, _ = load_checkpoint(folder)
+        losses.append(validation_loss(model, data_dir, Vocab.load(tokenizer), cfg)[0])
+    return losses[0], losses[1]
+
+
+def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "", force: bool = False,
+            data_dir: str | Path | None = None) -> Path:
+    """Copy ``run_dir/final`` into ``out`` (atomically) with a validation curve and a model card.
+
+    The model in ``out`` is replaced only by a better one: a lower validation loss on the same validation
+    samples. When the two runs validated on different samples, ``data_dir`` (the token cache) lets both be
+    measured on ``out``'s samples; without it that is an error.
+    """
     from midirwkv.train.loop import plot_curves
 
     run_dir, out = Path(run_dir), Path(out)
@@ -247,6 +286,16 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
             raise BadRequestError("the new model uses another tokenizer: losses are not comparable",
                                   argument="--force", value=False,
                                   fix="compare them with `midirwkv evaluate` (bits per note), then pass --force")
+        if old_val is not None and _val_settings(_meta(out)) != _val_settings(meta):
+            if data_dir is None:
+                raise BadRequestError("the two runs validated on different samples: their losses are not "
+                                      "comparable", argument="--data", value=None,
+                                      fix="pass --data CACHE_DIR to measure both on the same samples")
+            old_val, new_val = compare_on_same_samples(run_dir, out, data_dir)
+            comparison = (f"Compared with the model it replaced on the same {_val_settings(_meta(out))['eval_batches']}"
+                          f" validation batches (that model's validation settings): {old_val:.4f} before, "
+                          f"{new_val:.4f} now.")
+            notes = f"{comparison}\n\n{notes}" if notes else comparison
         if old_val is not None and (new_val is None or new_val >= old_val):
             raise BadRequestError("the new model is not better than the bundled one", argument="run_dir",
                                   value=f"val loss {new_val} vs {old_val}", fix="train longer, or pass --force")
@@ -283,10 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="model folder to write (default: the bundled one)")
     parser.add_argument("--notes", help="Markdown file appended to the card (e.g. how the size was chosen)")
     parser.add_argument("--force", action="store_true", help="replace the bundled model even if not better")
+    parser.add_argument("--data", help="token cache: measure both models on the same validation samples when "
+                                       "the runs validated on different ones")
     args = parser.parse_args(argv)
     try:
         notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
-        out = publish(args.run_dir, args.out, notes, args.force)
+        out = publish(args.run_dir, args.out, notes, args.force, data_dir=args.data)
     except MidiRwkvError as exc:
         sys.stderr.write(f"card: error: {exc}\n")
         return exc.exit_code

@@ -259,6 +259,29 @@ class _TrainStream:
                 "workers": self.slots}
 
 
+def validation_loss(model: torch.nn.Module, data_dir: str | Path, vocab: Any, cfg: TrainConfig
+                    ) -> tuple[float, float]:
+    """(loss, span loss) in nats per token of ``model`` on the validation samples ``cfg`` defines
+    (``val_split``, ``val_seed``, ``eval_batches``, ``micro_batch``, ``ctx_len``, ``p_track``): the numbers a run
+    with ``cfg`` would log, for comparing models trained with other settings on the same samples."""
+    from midirwkv.data.dataset import TokenCache
+
+    cache = TokenCache(data_dir, cfg.val_split)
+    batches = _validation_batches(cache, vocab, cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True))
+    sums = [0.0, 0.0, 0.0, 0.0]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            loss, span = masked_losses(model(b.input_ids), b)
+            sums[0] += float(loss)
+            sums[1] += float(b.loss_mask.sum())
+            sums[2] += float(span)
+            sums[3] += float((b.loss_mask * b.span_mask).sum())
+    model.train(was_training)
+    return sums[0] / max(sums[1], 1.0), sums[2] / max(sums[3], 1.0)
+
+
 def _validation_batches(cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo) -> list[TrainBatch]:
     """The fixed validation set of this process: ``eval_batches x micro_batch`` samples, no augmentation."""
     from midirwkv.data.dataset import SampleDataset
@@ -269,7 +292,7 @@ def _validation_batches(cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo
     samples: list[Any] = []
     epoch = 0
     while len(samples) < want:
-        ds = SampleDataset(cache, vocab, seed=cfg.seed, epoch=epoch, rank=info.rank, world_size=info.world_size,
+        ds = SampleDataset(cache, vocab, seed=cfg.val_seed, epoch=epoch, rank=info.rank, world_size=info.world_size,
                            block=1, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=False)
         for s in ds:
             samples.append(s)
