@@ -147,6 +147,30 @@ def _training_lines(meta: dict, tcfg: dict) -> list[str]:
     return lines
 
 
+def _train_commands(meta: dict, cfg: dict, vocab_size: int) -> list[str]:
+    """The ``midirwkv train`` command of every run in the lineage, each continuing from the one before."""
+    lines = []
+    runs = lineage(meta)
+    for i, r in enumerate(runs):
+        t = r.get("train_config") or {}
+        name = "runs/default" if i == 0 else f"runs/continued{i}"
+        if i == 0:
+            start = (f"--tokenizer bpe{vocab_size}.json --layers {cfg['n_layer']} --width {cfg['n_embd']} "
+                     f"--head-size {cfg['head_size']} --lora-dim {cfg['decay_lora']}")
+        else:
+            start = "--init-from src/midirwkv/assets/default_model"
+        lines.append(f"midirwkv train --data cache/scraped -o {name} {start} --ctx-len {t.get('ctx_len')} "
+                     f"--micro-batch {t.get('micro_batch')} --lr {t.get('lr')} --lr-floor {t.get('lr_floor')} "
+                     f"--warmup-steps {t.get('warmup_steps')} --max-minutes {t.get('max_minutes')} "
+                     f"--eval-every {t.get('eval_every')} --eval-batches {t.get('eval_batches')} "
+                     f"--threads {t.get('threads')} --seed {t.get('seed')}")
+        if len(runs) > 1:
+            data = " --data cache/scraped" if i else ""
+            lines.append(f"python -m midirwkv.train.card {name}{data}" + ("  # publishes it: the next run starts "
+                                                                          "from it" if i < len(runs) - 1 else ""))
+    return lines
+
+
 def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
     """Write ``out/MODEL_CARD.md`` from a checkpoint's ``meta.json`` (numbers only as recorded)."""
     cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
@@ -204,19 +228,15 @@ def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
         "```",
         "midirwkv prepare " + " ".join(manifest.get("sources", [])) + " -o cache/scraped",
         f"midirwkv bpe-train cache/scraped -o bpe{vocab.size}.json --vocab-size {vocab.size} --limit 1000000",
-        f"midirwkv train --data cache/scraped -o runs/default --tokenizer bpe{vocab.size}.json "
-        f"--layers {cfg['n_layer']} --width {cfg['n_embd']} --head-size {cfg['head_size']} "
-        f"--lora-dim {cfg['decay_lora']} --ctx-len {tcfg.get('ctx_len')} --micro-batch {tcfg.get('micro_batch')} "
-        f"--lr {tcfg.get('lr')} --lr-floor {tcfg.get('lr_floor')} --warmup-steps {tcfg.get('warmup_steps')} "
-        f"--max-minutes {tcfg.get('max_minutes')} --eval-every {tcfg.get('eval_every')} "
-        f"--eval-batches {tcfg.get('eval_batches')} --threads {tcfg.get('threads')} --seed {tcfg.get('seed')}",
-        "python -m midirwkv.train.card runs/default",
+        *_train_commands(meta, cfg, vocab.size),
+        *(["python -m midirwkv.train.card runs/default"] if len(lineage(meta)) == 1 else []),
         "```",
         "",
         "To continue training on a new machine (the resumable checkpoints stay outside git), start a new run from "
         "these weights: `midirwkv train --data cache/scraped -o runs/next --init-from "
-        "src/midirwkv/assets/default_model --max-minutes 120`, then publish it with the command above; it replaces "
-        "this model only if its validation loss is lower.",
+        "src/midirwkv/assets/default_model --max-minutes 120`, then publish it with "
+        "`python -m midirwkv.train.card runs/next --data cache/scraped`; it replaces this model only if its "
+        "validation loss is lower on the same validation samples.",
         "",
     ]
     path = out / "MODEL_CARD.md"
