@@ -595,8 +595,24 @@ static void *wkv_train_run(void *arg) {
                     float *dSi = dS + i * N;
                     const float *Sti = St + i * N, *Spi = Sp + i * N;
                     const float dyi = dy[i], vi = v[i];
-                    float dvi = 0.f, sbi = 0.f, sai = 0.f;
-                    for (int64_t j = 0; j < N; j++) {
+                    /* 16 lanes at a time: the three running sums would keep a plain loop scalar */
+                    v16 dvv = bcast(0.f), sbv = bcast(0.f), sav = bcast(0.f);
+                    const v16 dyv = bcast(dyi), viv = bcast(vi);
+                    int64_t j = 0;
+                    for (; j + 16 <= N; j += 16) {
+                        const v16 ds = load_f(dSi + j) + dyv * load_f(r + j), sp = load_f(Spi + j);
+                        const v16 drn = load_f(dr + j) + load_f(Sti + j) * dyv;
+                        const v16 dkn = load_f(dk + j) + ds * viv, dwn = load_f(dw + j) + sp * ds;
+                        memcpy(dSi + j, &ds, sizeof ds);
+                        memcpy(dr + j, &drn, sizeof drn);
+                        memcpy(dk + j, &dkn, sizeof dkn);
+                        memcpy(dw + j, &dwn, sizeof dwn);
+                        dvv += ds * load_f(k + j);
+                        sbv += ds * load_f(bb + j);
+                        sav += sp * load_f(a + j);
+                    }
+                    float dvi = hsum(dvv), sbi = hsum(sbv), sai = hsum(sav);
+                    for (; j < N; j++) {
                         dSi[j] += dyi * r[j];
                         dr[j] += Sti[j] * dyi;
                         dvi += dSi[j] * k[j];
