@@ -145,8 +145,6 @@ def _library_or_reason() -> tuple[ctypes.CDLL | None, str]:
             continue
         dll.fastdecode_step.argtypes = [ctypes.POINTER(_Step)]
         dll.fastdecode_step.restype = ctypes.c_int
-        dll.fastdecode_wkv.argtypes = [ctypes.POINTER(_Wkv)]
-        dll.fastdecode_wkv.restype = ctypes.c_int
         dll.fastdecode_wkv_train.argtypes = [ctypes.POINTER(_WkvTrain)]
         dll.fastdecode_wkv_train.restype = ctypes.c_int
         return dll, ""
@@ -173,27 +171,39 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _wkv_forward(lib: ctypes.CDLL, inputs: tuple[Tensor, ...], state0: Tensor | None, ckpt: Tensor | None,
+                 threads: int | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run the C forward: -> (y float32, final state float32, the float32 contiguous inputs it read)."""
+    B, T, H, N = inputs[0].shape
+    ins = [t.detach().to(torch.float32).contiguous() for t in inputs]
+    S = (torch.zeros(B, H, N, N) if state0 is None
+         else state0.detach().to(torch.float32, copy=True).contiguous())
+    y = torch.empty(B, T, H, N, dtype=torch.float32)
+    p = _WkvTrain(K=TRAIN_SEGMENT, ckpt=None if ckpt is None else ckpt.data_ptr(), backward=0)
+    p.f = _Wkv(B=B, T=T, H=H, N=N, S=S.data_ptr(), y=y.data_ptr(),
+               n_threads=max(1, threads or torch.get_num_threads()))
+    p.f.r, p.f.w, p.f.k, p.f.v, p.f.a, p.f.b = (t.data_ptr() for t in ins)
+    rc = lib.fastdecode_wkv_train(ctypes.byref(p))
+    if rc != 0:
+        raise MemoryError(f"native WKV forward failed (code {rc})")
+    return y, S, ins
+
+
 def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state0: Tensor | None = None,
         threads: int | None = None) -> tuple[Tensor, Tensor] | None:
     """:func:`midirwkv.model.wkv.wkv_ref`'s recurrence run sequentially in C (inference: no gradients).
 
     Same contract: ``(B, T, H, N)`` inputs, ``(B, H, N, N)`` state (not modified) -> ``(y, state_T)``.
-    Returns None where the native library is unavailable or the inputs do not fit it (CUDA, head > 256).
+    Returns None where the native library is unavailable or the inputs do not fit it (CUDA, head > 256,
+    no steps).
     """
     B, T, H, N = r.shape
-    if r.device.type != "cpu" or N > MAX_HEAD_SIZE or B < 1:
+    if r.device.type != "cpu" or N > MAX_HEAD_SIZE or B < 1 or T < 1:
         return None
     lib = library()
     if lib is None:
         return None
-    ins = [t.detach().to(torch.float32).contiguous() for t in (r, w, k, v, a, b)]
-    S = (torch.zeros(B, H, N, N) if state0 is None
-         else state0.detach().to(torch.float32, copy=True).contiguous())
-    y = torch.empty(B, T, H, N, dtype=torch.float32)
-    p = _Wkv(B=B, T=T, H=H, N=N, S=S.data_ptr(), y=y.data_ptr(), n_threads=max(1, threads or torch.get_num_threads()))
-    p.r, p.w, p.k, p.v, p.a, p.b = (t.data_ptr() for t in ins)
-    if lib.fastdecode_wkv(ctypes.byref(p)) != 0:
-        return None
+    y, S, _ = _wkv_forward(lib, (r, w, k, v, a, b), state0, None, threads)
     return y.to(r.dtype), S
 
 
@@ -202,19 +212,9 @@ class _WkvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, s0):
-        lib = library()
         B, T, H, N = r.shape
-        ins = [t.detach().to(torch.float32).contiguous() for t in (r, w, k, v, a, b)]
-        S = s0.detach().to(torch.float32, copy=True).contiguous()
-        y = torch.empty(B, T, H, N, dtype=torch.float32)
-        nseg = -(-T // TRAIN_SEGMENT)
-        ckpt = torch.empty(B, H, nseg, N, N, dtype=torch.float32)
-        p = _WkvTrain(K=TRAIN_SEGMENT, ckpt=ckpt.data_ptr(), backward=0)
-        p.f = _Wkv(B=B, T=T, H=H, N=N, S=S.data_ptr(), y=y.data_ptr(), n_threads=torch.get_num_threads())
-        p.f.r, p.f.w, p.f.k, p.f.v, p.f.a, p.f.b = (t.data_ptr() for t in ins)
-        rc = lib.fastdecode_wkv_train(ctypes.byref(p))
-        if rc != 0:
-            raise MemoryError(f"native WKV forward failed (code {rc})")
+        ckpt = torch.empty(B, H, -(-T // TRAIN_SEGMENT), N, N, dtype=torch.float32)
+        y, S, ins = _wkv_forward(library(), (r, w, k, v, a, b), s0, ckpt)
         ctx.save_for_backward(*ins, ckpt)
         ctx.dtypes = (r.dtype, s0.dtype)
         return y.to(r.dtype), S

@@ -451,18 +451,14 @@ int fastdecode_step(const Step *st) {
  *     S_t = S_{t-1} diag(exp(w_t)) + (S_{t-1} a_t) b_t^T + v_t k_t^T,   y_t = S_t r_t
  * Inputs (B, T, H, N) contiguous; S (B, H, N, N) [value, key], updated in place; y (B, T, H, N).
  * Heads are independent, so threads take whole (batch, head) units and never wait for each other: a
- * sequential pass costs ~4 N^2 flops per token and head, far less than the chunked form's matrix products. */
+ * sequential pass costs ~4 N^2 flops per token and head, far less than the chunked form's matrix products.
+ * Run by fastdecode_wkv_train below (forward without checkpoints for inference). */
 typedef struct {
     int64_t B, T, H, N;
     const float *r, *w, *k, *v, *a, *b;
     float *S, *y;
     int n_threads;
 } Wkv;
-
-typedef struct {
-    const Wkv *p;
-    int tid, nt;
-} WkvJob;
 
 /* One step of the recurrence from Sin to Sout (row i of Sout depends only on row i of Sin, so Sout may be
  * Sin); y = S_t r when y is not NULL. */
@@ -476,53 +472,9 @@ static inline void wkv_one_step(float *Sout, const float *Sin, int64_t N, const 
     }
 }
 
-static void *wkv_run(void *arg) {
-    const WkvJob *job = (const WkvJob *)arg;
-    const Wkv *p = job->p;
-    const int64_t T = p->T, H = p->H, N = p->N;
-    int64_t lo, hi;
-    split(p->B * H, job->tid, job->nt, &lo, &hi);
-    float ew[256];
-    for (int64_t u = lo; u < hi; u++) {
-        const int64_t b = u / H, h = u % H;
-        float *S = p->S + u * N * N;
-        for (int64_t t = 0; t < T; t++) {
-            const int64_t o = ((b * T + t) * H + h) * N;
-            const float *r = p->r + o, *w = p->w + o, *k = p->k + o, *v = p->v + o, *a = p->a + o, *bb = p->b + o;
-            float *y = p->y + o;
-            for (int64_t j = 0; j < N; j++) ew[j] = expf(w[j]);
-            wkv_one_step(S, S, N, ew, r, k, v, a, bb, y);   /* row i reads only row i: in place is safe */
-        }
-    }
-    return NULL;
-}
-
-/* Returns 0 on success, 1 on a bad argument. */
-int fastdecode_wkv(const Wkv *p) {
-    if (p->N > 256 || p->N < 1 || p->B < 1 || p->T < 0 || p->n_threads < 1) return 1;
-    int nt = p->n_threads > 64 ? 64 : p->n_threads;
-    if (nt > p->B * p->H) nt = (int)(p->B * p->H);
-    WkvJob jobs[64];
-    pthread_t threads[64];
-    int started = 1;
-    for (int t = 1; t < nt; t++) {
-        jobs[t].p = p; jobs[t].tid = t; jobs[t].nt = nt;
-        if (pthread_create(&threads[t], NULL, wkv_run, &jobs[t]) != 0) break;
-        started++;
-    }
-    if (started != nt) {
-        /* fewer threads than asked: the started ones run their own share, this thread does the rest */
-        for (int t = started; t < nt; t++) { jobs[t].p = p; jobs[t].tid = t; jobs[t].nt = nt; wkv_run(&jobs[t]); }
-    }
-    jobs[0].p = p; jobs[0].tid = 0; jobs[0].nt = nt;
-    wkv_run(&jobs[0]);
-    for (int t = 1; t < started; t++) pthread_join(threads[t], NULL);
-    return 0;
-}
-
 /* ------------------------------------------------------------------------------------------ WKV for training */
 
-/* Forward as fastdecode_wkv, also keeping the state before every K-th step in ckpt (B, H, ceil(T/K), N, N);
+/* Forward, keeping the state before every K-th step in ckpt (B, H, ceil(T/K), N, N) unless ckpt is NULL;
  * backward walks the steps in reverse, recomputing the K states of one segment at a time from its checkpoint:
  *     dS_t += dy_t r_t^T;   dr_t = S_t^T dy_t;   dv_t = dS_t k_t;   dk_t = dS_t^T v_t
  *     dw_t = exp(w_t) * diag(S_{t-1}^T dS_t);   da_t = S_{t-1}^T (dS_t b_t);   db_t = dS_t^T (S_{t-1} a_t)
@@ -531,7 +483,7 @@ int fastdecode_wkv(const Wkv *p) {
 typedef struct {
     Wkv f;                 /* forward arguments (S: the start state, overwritten with the final state) */
     int64_t K;             /* steps per checkpoint segment */
-    float *ckpt;           /* (B, H, nseg, N, N) */
+    float *ckpt;           /* (B, H, nseg, N, N); NULL: forward only, keep nothing (inference) */
     const float *dy;       /* (B, T, H, N) */
     const float *dST;      /* (B, H, N, N) or NULL */
     float *dr, *dw, *dk, *dv, *da, *db, *dS0;
@@ -560,11 +512,11 @@ static void *wkv_train_run(void *arg) {
     }
     for (int64_t u = lo; u < hi; u++) {
         const int64_t b = u / H, h = u % H;
-        float *S = p->f.S + u * NN, *ck = p->ckpt + u * nseg * NN;
+        float *S = p->f.S + u * NN, *ck = p->ckpt ? p->ckpt + u * nseg * NN : NULL;
 #define OFF(t) ((((b) * T + (t)) * H + h) * N)
         if (!p->backward) {
             for (int64_t t = 0; t < T; t++) {
-                if (t % K == 0) memcpy(ck + (t / K) * NN, S, sizeof(float) * NN);
+                if (ck && t % K == 0) memcpy(ck + (t / K) * NN, S, sizeof(float) * NN);
                 const int64_t o = OFF(t);
                 for (int64_t j = 0; j < N; j++) ew[j] = expf(p->f.w[o + j]);
                 wkv_one_step(S, S, N, ew, p->f.r + o, p->f.k + o, p->f.v + o, p->f.a + o, p->f.b + o, p->f.y + o);
@@ -646,9 +598,10 @@ static void *wkv_train_run(void *arg) {
     return NULL;
 }
 
-/* Forward (backward = 0) or backward (1) of the WKV for training. Returns 0, 1 (bad argument) or 2 (memory). */
+/* Forward (backward = 0) or backward (1) of the WKV. Returns 0, 1 (bad argument) or 2 (memory). */
 int fastdecode_wkv_train(const WkvTrain *p) {
     if (p->f.N > 256 || p->f.N < 1 || p->f.B < 1 || p->f.T < 1 || p->K < 1 || p->f.n_threads < 1) return 1;
+    if (p->backward && !p->ckpt) return 1;
     int nt = p->f.n_threads > 64 ? 64 : p->f.n_threads;
     if (nt > p->f.B * p->f.H) nt = (int)(p->f.B * p->f.H);
     WkvTrainJob jobs[64];
