@@ -197,7 +197,7 @@ def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state0
     Returns None where the native library is unavailable or the inputs do not fit it (CUDA, head > 256,
     no steps).
     """
-    B, T, H, N = r.shape
+    B, T, _, N = r.shape
     if r.device.type != "cpu" or N > MAX_HEAD_SIZE or B < 1 or T < 1:
         return None
     lib = library()
