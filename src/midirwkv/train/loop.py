@@ -259,6 +259,30 @@ class _TrainStream:
                 "workers": self.slots}
 
 
+def loss_sums(model: torch.nn.Module, batches: Sequence[TrainBatch],
+              to: Callable[[TrainBatch], TrainBatch] | None = None,
+              autocast: Callable[[], Any] = contextlib.nullcontext) -> list[float]:
+    """[loss sum, predicted tokens, span loss sum, span tokens] of ``model`` over ``batches`` (no gradients);
+    ``to`` moves a batch to the model's device. :func:`mean_losses` turns them into nats per token."""
+    sums = [0.0, 0.0, 0.0, 0.0]
+    with torch.no_grad():
+        for b in batches:
+            b = to(b) if to is not None else b
+            with autocast():
+                logits = model(b.input_ids)
+            loss, span = masked_losses(logits, b)
+            sums[0] += float(loss)
+            sums[1] += float(b.loss_mask.sum())
+            sums[2] += float(span)
+            sums[3] += float((b.loss_mask * b.span_mask).sum())
+    return sums
+
+
+def mean_losses(sums: Sequence[float]) -> tuple[float, float]:
+    """(loss, span loss) in nats per token from :func:`loss_sums` (summed over processes or not)."""
+    return sums[0] / max(sums[1], 1.0), sums[2] / max(sums[3], 1.0)
+
+
 def validation_loss(model: torch.nn.Module, data_dir: str | Path, vocab: Any, cfg: TrainConfig
                     ) -> tuple[float, float]:
     """(loss, span loss) in nats per token of ``model`` on the validation samples ``cfg`` defines
@@ -266,20 +290,13 @@ def validation_loss(model: torch.nn.Module, data_dir: str | Path, vocab: Any, cf
     with ``cfg`` would log, for comparing models trained with other settings on the same samples."""
     from midirwkv.data.dataset import TokenCache
 
-    cache = TokenCache(data_dir, cfg.val_split)
-    batches = _validation_batches(cache, vocab, cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True))
-    sums = [0.0, 0.0, 0.0, 0.0]
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
+    batches = _validation_batches(TokenCache(data_dir, cfg.val_split), vocab, cfg, info)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for b in batches:
-            loss, span = masked_losses(model(b.input_ids), b)
-            sums[0] += float(loss)
-            sums[1] += float(b.loss_mask.sum())
-            sums[2] += float(span)
-            sums[3] += float((b.loss_mask * b.span_mask).sum())
+    sums = loss_sums(model, batches)
     model.train(was_training)
-    return sums[0] / max(sums[1], 1.0), sums[2] / max(sums[3], 1.0)
+    return mean_losses(sums)
 
 
 def _validation_batches(cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo) -> list[TrainBatch]:
@@ -619,22 +636,11 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         return bool((cfg.max_steps and step >= cfg.max_steps) or (cfg.max_tokens and tokens >= cfg.max_tokens)
                     or (cfg.max_minutes and t >= 60.0 * cfg.max_minutes))
 
-    @torch.no_grad()
     def validate() -> tuple[float, float]:
         model.eval()
-        sums = [0.0, 0.0, 0.0, 0.0]
-        for b in val_batches:
-            b = _to(b, device)
-            with autocast():
-                logits = model(b.input_ids)
-            loss, span = masked_losses(logits, b)
-            sums[0] += float(loss)
-            sums[1] += float(b.loss_mask.sum())
-            sums[2] += float(span)
-            sums[3] += float((b.loss_mask * b.span_mask).sum())
+        sums = loss_sums(model, val_batches, lambda b: _to(b, device), autocast)
         model.train()
-        s = all_reduce_sum(sums, device)
-        return s[0] / max(s[1], 1.0), s[2] / max(s[3], 1.0)
+        return mean_losses(all_reduce_sum(sums, device))
 
     def checkpoint_state(pos: dict) -> dict:
         return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -265,17 +265,9 @@ def _batches(samples: list, micro_batch: int, pad: int) -> list:
 
 
 def _validation(model, batches: list) -> tuple[float, float]:
-    from midirwkv.train.loop import masked_losses
+    from midirwkv.train.loop import loss_sums, mean_losses
 
-    sums = [0.0, 0.0, 0.0, 0.0]
-    with torch.no_grad():
-        for b in batches:
-            loss, span = masked_losses(model(b.input_ids), b)
-            sums[0] += float(loss)
-            sums[1] += float(b.loss_mask.sum())
-            sums[2] += float(span)
-            sums[3] += float((b.loss_mask * b.span_mask).sum())
-    return sums[0] / max(sums[1], 1.0), sums[2] / max(sums[3], 1.0)
+    return mean_losses(loss_sums(model, batches))
 
 
 def _fit(model, vocab, params: list[torch.nn.Parameter], train: list[Song], valid: list[Song], cfg: StyleConfig,
