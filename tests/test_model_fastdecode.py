@@ -29,6 +29,16 @@ def model(seed=0, cfg=CFG):
     return m.eval()
 
 
+def decode_all(m, ids):
+    """Logits (B, T, V) and the final state of ``m.step`` over ``ids`` (B, T), token by token."""
+    s, outs = m.init_state(ids.shape[0]), []
+    with torch.inference_mode():
+        for t in range(ids.shape[1]):
+            lo, s = m.step(ids[:, t], s)
+            outs.append(lo)
+    return torch.stack(outs, 1), s
+
+
 def torch_path(m):
     """The torch decode layout of ``m`` (what runs without the native library)."""
     dw = DecodeWeights(m)
@@ -62,13 +72,9 @@ def test_step_uses_native_and_matches_full_forward():
     ids = torch.randint(0, CFG.vocab_size, (2, 30))
     with torch.inference_mode():
         full, s_full = m(ids, return_state=True)
-        s = m.init_state(2)
-        outs = []
-        for t in range(30):
-            lo, s = m.step(ids[:, t], s)
-            outs.append(lo)
+    got, s = decode_all(m, ids)
     assert m._decode_cache.native is not None
-    assert rel(torch.stack(outs, 1), full) < 1e-4 and rel(s.wkv, s_full.wkv) < 1e-4
+    assert rel(got, full) < 1e-4 and rel(s.wkv, s_full.wkv) < 1e-4
 
 
 def test_not_inplace_leaves_state_and_non_contiguous_state_works():
@@ -99,13 +105,9 @@ def test_lora_and_tuned_state_go_through_native():
     ids = torch.randint(0, CFG.vocab_size, (1, 12))
     with torch.inference_mode():
         full = m(ids)
-        s = m.init_state(1)
-        outs = []
-        for t in range(12):
-            lo, s = m.step(ids[:, t], s)
-            outs.append(lo)
+    got, _ = decode_all(m, ids)
     assert m._decode_cache.native is not None
-    assert rel(torch.stack(outs, 1), full) < 1e-4
+    assert rel(got, full) < 1e-4
 
 
 def test_int8_weights_stay_close_and_read_a_quarter_of_the_bytes():
@@ -114,14 +116,9 @@ def test_int8_weights_stay_close_and_read_a_quarter_of_the_bytes():
     with torch.inference_mode():
         full = m(ids)
         fp32_bytes = DecodeWeights.build(m).native.weight_bytes
-        m.set_decode(int8=True)
-        s = m.init_state(2)
-        outs = []
-        for t in range(40):
-            lo, s = m.step(ids[:, t], s)
-            outs.append(lo)
-        q = m._decode_cache.native
-    got = torch.stack(outs, 1)
+    m.set_decode(int8=True)
+    got, _ = decode_all(m, ids)
+    q = m._decode_cache.native
     # stated tolerance: 5 % of the largest logit; the argmax agrees almost everywhere
     assert rel(got, full) < 0.05
     assert (got.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
