@@ -63,7 +63,7 @@ def _gemv_layout(module: nn.Module) -> Tensor:
     A row vector times a matrix streams the matrix from memory; MKL does that fastest when the contiguous
     dimension is the long one (measured: 19 vs 11 GB/s for 384 x 1536 either way round).
     """
-    w = applied_weight(module)                                                   # (out, in)
+    w = applied_weight(module)                                            # (out, in)
     return w.t() if w.shape[1] > w.shape[0] else w.t().contiguous()
 
 

@@ -270,7 +270,8 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class NativeDecoder:
-    """A model's weights laid out for ``fastdecode.c`` (``(out, in)`` rows), and the call that runs a step."""
+    """A model's weights laid out for ``fastdecode.c`` (matrices in panels of 16 outputs, see
+    :func:`pack_panels`; int8 ones with a scale per output), and the call that runs a step."""
 
     def __init__(self, model: RWKV7, lib: ctypes.CDLL, int8: bool = False):
         cfg = model.cfg

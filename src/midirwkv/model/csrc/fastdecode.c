@@ -127,12 +127,6 @@ static inline v16 load_q(const int8_t *p) {
 #endif
 }
 
-static inline v16 load_x(const float *x) {
-    v16 v;
-    memcpy(&v, x, sizeof v);
-    return v;
-}
-
 static inline float hsum(v16 v) {
 #if defined(__AVX512F__)
     return _mm512_reduce_add_ps((__m512)v);
@@ -411,8 +405,8 @@ static void *run(void *arg) {
     return NULL;
 }
 
-/* Bytes of scratch the step needs (the caller may pass NULL work to let the step allocate it). */
-int64_t fastdecode_work_floats(const Step *st) {
+/* Floats of scratch one step needs (the layout is at the top of run()). */
+static int64_t work_floats(const Step *st) {
     const int64_t B = st->B, C = st->C, LD = st->D > st->Dg ? st->D : st->Dg;
     return 19 * B * C + 4 * B * LD + B * st->F;
 }
@@ -420,7 +414,7 @@ int64_t fastdecode_work_floats(const Step *st) {
 /* Returns 0 on success, 1 on a bad argument, 2 when memory or threads could not be had. */
 int fastdecode_step(const Step *st) {
     if (st->N > 256 || st->N < 1 || st->B < 1 || st->n_threads < 1) return 1;
-    float *work = (float *)malloc(sizeof(float) * fastdecode_work_floats(st));
+    float *work = (float *)malloc(sizeof(float) * work_floats(st));
     if (!work) return 2;
     int nt = st->n_threads > 64 ? 64 : st->n_threads;
     Barrier bar;
