@@ -11,7 +11,7 @@ import pytest
 
 from midirwkv.config import ModelConfig, TrainConfig
 from midirwkv.errors import BadRequestError, CheckpointError
-from midirwkv.train.card import publish
+from midirwkv.train.card import _cpu_text, publish
 from midirwkv.train.loop import train
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus" / "pop909"
@@ -91,6 +91,11 @@ def test_continued_run_card_and_log_cover_the_whole_history(runs):
     meta1 = json.loads((dest / "meta.json").read_text())
     total = meta0["tokens_seen"] + meta1["tokens_seen"]
     assert "In total over 2 runs" in card and f"{total:,} tokens" in card
+    cpu_hours = (meta0["cpu_s"] + meta1["cpu_s"]) / 3600
+    assert f"{cpu_hours:.2f} CPU-hours;" in card and f"{meta1['cpu_s'] / 60:.1f} CPU-min" in card
+    # a run published before CPU time was recorded counts its wall time x threads, and says so
+    del meta0["cpu_s"]
+    assert _cpu_text(meta0) == f"{meta0['elapsed_s'] / 60:.1f} CPU-min (wall time x threads)"
     rows = list(csv.DictReader(open(dest / "train_log.csv")))
     tokens = [int(r["tokens"]) for r in rows]
     assert len(rows) > len(old_rows) and tokens == sorted(tokens) and tokens[-1] == total

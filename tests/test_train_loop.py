@@ -166,6 +166,10 @@ def test_resume_after_crash_matches_uninterrupted_run(prepared, tmp_path):
                 assert rb[key] == pytest.approx(ra[key], abs=1e-6, rel=0), (ra["step"], key)
     for k, v in full.model.state_dict().items():
         assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6, rtol=0), k
+    # CPU time, like wall time, carries over the resume: it never goes backwards and the total includes both sessions
+    cpu = [r["cpu_s"] for r in b]
+    assert all(c > 0 for c in cpu) and cpu == sorted(cpu) and resumed.cpu_s >= cpu[-1]
+    assert json.loads((resumed.final_dir / "meta.json").read_text())["cpu_s"] == pytest.approx(resumed.cpu_s, abs=0.5)
 
 
 def test_init_from_released_folder_starts_a_new_run(prepared, tmp_path):

@@ -117,12 +117,28 @@ def combine_logs(previous: Path | None, current: Path, out: Path) -> Path:
     return out
 
 
+def _cpu_minutes(run: dict) -> float | None:
+    """CPU minutes of one run: as the trainer measured them, or, for runs logged before it did, wall time x the
+    number of threads (an upper bound); None when neither is known."""
+    if run.get("cpu_s") is not None:
+        return run["cpu_s"] / 60
+    threads = (run.get("train_config") or {}).get("threads")
+    return (run.get("elapsed_s") or 0) * threads / 60 if threads else None
+
+
+def _cpu_text(run: dict) -> str:
+    cpu = _cpu_minutes(run)
+    if cpu is None:
+        return "CPU time not recorded"
+    return f"{cpu:.1f} CPU-min" + ("" if run.get("cpu_s") is not None else " (wall time x threads)")
+
+
 def _training_lines(meta: dict, tcfg: dict) -> list[str]:
     runs = lineage(meta)
     lines = [
         f"- Steps: {meta.get('steps')}; tokens seen: {meta.get('tokens_seen'):,}; training wall time: "
         f"{meta.get('elapsed_s', 0) / 60:.1f} min on {tcfg.get('threads') or 'all'} CPU thread(s) of a 2-core machine"
-        + (" (this run)." if len(runs) > 1 else "."),
+        f", {_cpu_text(meta)}" + (" (this run)." if len(runs) > 1 else "."),
         f"- Context {tcfg.get('ctx_len')} tokens, {tcfg.get('micro_batch')} x {tcfg.get('grad_accum')} sequences per "
         f"step, AdamW lr {tcfg.get('lr')} (warm-up {tcfg.get('warmup_steps')} steps, cosine to "
         f"{tcfg.get('lr_floor')}), betas {tcfg.get('betas')}, weight decay {tcfg.get('weight_decay')} on matrices, "
@@ -134,14 +150,19 @@ def _training_lines(meta: dict, tcfg: dict) -> list[str]:
         tokens = sum(r.get("tokens_seen") or 0 for r in runs)
         steps = sum(r.get("steps") or 0 for r in runs)
         minutes = sum(r.get("elapsed_s") or 0 for r in runs) / 60
+        cpus = [_cpu_minutes(r) for r in runs]
+        known = [c for c in cpus if c is not None]
+        cpu = f"{sum(known) / 60:.2f} CPU-hours" + ("" if len(known) == len(runs) else
+                                                     f" in the {len(known)} runs that recorded it")
         lines.append(f"- In total over {len(runs)} runs, each starting from the model the one before published: "
-                     f"{steps:,} steps, {tokens:,} tokens, {minutes:.1f} min of training "
-                     f"({minutes / 60:.2f} h); per run:")
+                     f"{steps:,} steps, {tokens:,} tokens, {minutes:.1f} min of training wall time "
+                     f"({minutes / 60:.2f} h), {cpu}; per run:")
         for i, r in enumerate(runs, 1):
             c = r.get("train_config") or {}
             last = (r.get("val_curve") or [{}])[-1]
             lines.append(f"  {i}. {r.get('steps')} steps, {r.get('tokens_seen'):,} tokens, "
-                         f"{(r.get('elapsed_s') or 0) / 60:.1f} min, lr {c.get('lr')} -> {c.get('lr_floor')}, "
+                         f"{(r.get('elapsed_s') or 0) / 60:.1f} min on {c.get('threads') or 'all'} thread(s), "
+                         f"{_cpu_text(r)}, lr {c.get('lr')} -> {c.get('lr_floor')}, "
                          f"seed {c.get('seed')}; validation loss at its end "
                          f"{last.get('val_loss', float('nan')):.4f}")
     return lines

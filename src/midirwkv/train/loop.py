@@ -2,7 +2,8 @@
 
 One run lives in ``cfg.out_dir``::
 
-    train_log.csv                   step, tokens, lr, train_loss, val_loss, val_span_loss, tokens_per_s, elapsed_s
+    train_log.csv                   step, tokens, lr, train_loss, val_loss, val_span_loss, tokens_per_s, elapsed_s,
+                                    cpu_s
     checkpoints/step-0001000/       resumable: trainer.pt (weights, AdamW, counters, RNG, data position) + trainer.json
     final/                          self-sufficient model folder (model.checkpoint.save_checkpoint)
 
@@ -42,8 +43,10 @@ from midirwkv.config import ModelConfig, TrainConfig
 from midirwkv.errors import BadRequestError, CheckpointError, DataError
 from midirwkv.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
 
-CSV_FIELDS = ("step", "tokens", "lr", "train_loss", "val_loss", "val_span_loss", "tokens_per_s", "elapsed_s")
-"""Columns of ``train_log.csv`` (empty cells where a value was not computed at that step)."""
+CSV_FIELDS = ("step", "tokens", "lr", "train_loss", "val_loss", "val_span_loss", "tokens_per_s", "elapsed_s",
+              "cpu_s")
+"""Columns of ``train_log.csv`` (empty cells where a value was not computed at that step). ``elapsed_s`` is wall
+time and ``cpu_s`` the CPU time of this process over all its threads, both summed over resumed sessions."""
 LOG_NAME = "train_log.csv"
 CKPT_DIR = "checkpoints"
 FINAL_DIR = "final"
@@ -77,6 +80,9 @@ class TrainResult:
     """Tokens seen over all processes in total."""
     elapsed_s: float
     """Training wall time in total, over resumed sessions."""
+    cpu_s: float
+    """CPU time of the training process over all its threads (data-loader worker processes excluded), in total
+    over resumed sessions (on this process; with DDP each process counts its own)."""
     tokens_per_s: float
     """Throughput of this session (tokens over all processes per second of wall time)."""
     train_loss: float | None
@@ -343,7 +349,7 @@ def _save_resumable(out_dir: Path, state: dict, step: int, keep_last: int) -> Pa
         shutil.rmtree(tmp)
     tmp.mkdir()
     torch.save(state, tmp / STATE_FILE)
-    summary = {k: state[k] for k in ("step", "tokens", "elapsed_s", "data_position")}
+    summary = {k: state[k] for k in ("step", "tokens", "elapsed_s", "cpu_s", "data_position")}
     (tmp / "trainer.json").write_text(json.dumps(summary, indent=2))
     if final.exists():
         shutil.rmtree(final)
@@ -590,13 +596,14 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                             fused=device.type == "cuda" or None)
 
-    step, tokens, elapsed_before = 0, 0, 0.0
+    step, tokens, elapsed_before, cpu_before = 0, 0, 0.0, 0.0
     position = {"epoch": 0, "index": 0, "skip": 0, "workers": max(1, cfg.workers)}
     val_curve: list[dict] = []
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         step, tokens, elapsed_before = int(saved["step"]), int(saved["tokens"]), float(saved["elapsed_s"])
+        cpu_before = float(saved.get("cpu_s", 0.0))   # checkpoints written before CPU time was recorded: 0
         position = dict(saved["data_position"])
         val_curve = list(saved["val_curve"])
         _set_rng_state(saved["rng"])
@@ -621,10 +628,13 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         log = _CsvLog(out_dir / LOG_NAME, resumed_from if saved is not None else None)
         (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
 
-    session_start = time.perf_counter()
+    session_start, cpu_start = time.perf_counter(), time.process_time()
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - session_start
+
+    def cpu_used() -> float:
+        return cpu_before + time.process_time() - cpu_start
 
     def shared_elapsed() -> float:
         # every process must see the same time: it drives the learning rate and the stop
@@ -645,6 +655,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     def checkpoint_state(pos: dict) -> dict:
         return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": opt.state_dict(), "step": step, "tokens": tokens, "elapsed_s": elapsed(),
+                "cpu_s": cpu_used(),
                 "data_position": pos, "rng": _rng_state(), "val_curve": val_curve,
                 "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict()}
 
@@ -699,7 +710,8 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                 log.write({"step": step, "tokens": tokens, "lr": lr, "train_loss": last_loss,
                            "val_loss": val_loss if evaluated else None,
                            "val_span_loss": val_span if evaluated else None,
-                           "tokens_per_s": round(rate, 1), "elapsed_s": round(elapsed(), 3)})
+                           "tokens_per_s": round(rate, 1), "elapsed_s": round(elapsed(), 3),
+                           "cpu_s": round(cpu_used(), 3)})
                 row_tokens, row_time = tokens, now
             if info.is_main and (end or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
                 last_ckpt = _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
@@ -723,7 +735,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         if last_ckpt is None or int(last_ckpt.name.split("-")[1]) != step:
             last_ckpt = _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
         meta = {"kind": "pretrain", "steps": step, "tokens_seen": tokens, "elapsed_s": round(elapsed(), 3),
-                "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
+                "cpu_s": round(cpu_used(), 3), "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
                 "last_train_loss": last_loss, "train_config": cfg.to_dict(),
                 "init_from": cfg.init_from or None, "init_meta": init_meta}
         if cfg.arch == "gpt2":
@@ -732,7 +744,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         else:
             final_dir = save_checkpoint(out_dir / FINAL_DIR, model, tok_path, meta)
     barrier()
-    return TrainResult(steps=step, tokens=tokens, elapsed_s=elapsed(), tokens_per_s=session_tokens / max(session_s,
-                       1e-9), train_loss=last_loss, val_loss=val_loss, val_span_loss=val_span, val_curve=val_curve,
+    return TrainResult(steps=step, tokens=tokens, elapsed_s=elapsed(), cpu_s=cpu_used(),
+                       tokens_per_s=session_tokens / max(session_s, 1e-9), train_loss=last_loss, val_loss=val_loss, val_span_loss=val_span, val_curve=val_curve,
                        resumed_from=resumed_from, log_path=(out_dir / LOG_NAME) if info.is_main else None,
                        checkpoint_dir=last_ckpt if info.is_main else None, final_dir=final_dir, model=model)
