@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,9 +117,8 @@ def main() -> None:
                 args.context, args.repeats, sample)
 
     if not args.skip_paper:
-        from midirwkv.music.vocab import Vocab
-
         from midirwkv.model.rwkv7 import RWKV7
+        from midirwkv.music.vocab import Vocab
 
         vocab = engine.vocab if engine is not None else Vocab.load()
         torch.manual_seed(0)

@@ -206,7 +206,7 @@ def summarise(results: list[dict], methods: list[str]) -> dict:
             vals = np.array([r.get(key, math.nan) for r in pooled[m]], dtype=float)
             vals = vals[np.isfinite(vals)]
             table[m][key] = {"mean": float(vals.mean()) if len(vals) else math.nan,
-                             "std": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan, "n": int(len(vals))}
+                             "std": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan, "n": len(vals)}
     for m in methods:
         if m == "base":
             continue

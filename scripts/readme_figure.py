@@ -14,10 +14,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from midirwkv import infill  # noqa: E402
-from midirwkv.music.remi import bar_grid, load_score  # noqa: E402
+from midirwkv import infill
+from midirwkv.music.remi import bar_grid, load_score
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "src" / "midirwkv" / "assets" / "examples" / "bach_bwv269.mid"

@@ -129,7 +129,7 @@ def test_missing_default_model_is_one_line_error(tmp_path, monkeypatch, capsys):
 
 
 def test_serve_passes_its_options(tmp_path, monkeypatch, capsys):
-    import midirwkv.server.app as app
+    from midirwkv.server import app
 
     seen = {}
     monkeypatch.setattr(app, "serve", lambda *a, **k: seen.update(args=a, kwargs=k))

@@ -129,9 +129,8 @@ def test_bad_arguments(prepared, fake_types):
 
 @pytest.mark.skipif(not HAVE_MUSIC, reason="music layer (remi, controls, vocab) not written yet")
 def test_real_encoder_round_trip(tmp_path):
-    from midirwkv.music.vocab import Vocab
-
     from midirwkv.music import remi
+    from midirwkv.music.vocab import Vocab
 
     vocab = Vocab.load()
     src = tmp_path / "in"

@@ -278,7 +278,7 @@ def evaluated(tmp_path_factory, vocab, engine, gpt2):
 
 
 def test_evaluate_end_to_end_writes_everything(evaluated):
-    root, cfg, result = evaluated
+    root, _cfg, result = evaluated
     out = root / "out"
     rows = protocol.read_jsonl(out / "results.jsonl")
     assert len(rows) == 3 * 4

@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("midirwkv.music.infill", reason="the music layer is not in the tree yet")
-from midirwkv.music.remi import encode_score, load_score
-from midirwkv.music.vocab import Vocab
-
 from midirwkv import cli
 from midirwkv.config import ModelConfig, SampleConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.infer import api
 from midirwkv.model.rwkv7 import RWKV7
+from midirwkv.music.remi import encode_score, load_score
+from midirwkv.music.vocab import Vocab
 
 SONG = Path(__file__).parent / "fixtures" / "corpus" / "pop909" / "002.mid"
 FAST = SampleConfig(max_notes_per_bar=6)

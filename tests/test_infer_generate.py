@@ -7,16 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("midirwkv.music.infill", reason="the music layer is not in the tree yet")
-from midirwkv.music.infill import InfillRequest, build_prompt, splice
-from midirwkv.music.remi import decode_bar_tokens, encode_score, load_score
-from midirwkv.music.vocab import Vocab
-
 from midirwkv.config import ModelConfig, SampleConfig
 from midirwkv.errors import GenerationError
 from midirwkv.infer.generate import Grammar
 from midirwkv.infer.session import InfillSession, prefill
 from midirwkv.model.rwkv7 import RWKV7
+from midirwkv.music.infill import InfillRequest, build_prompt, splice
+from midirwkv.music.remi import decode_bar_tokens, encode_score, load_score
+from midirwkv.music.vocab import Vocab
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SONG = FIXTURES / "corpus" / "pop909" / "001.mid"

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from model_helpers import perturbed_model
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import CheckpointError
 from midirwkv.model import (
-    RWKV7,
     apply_lora,
     export_rwkv_pth,
     import_rwkv_pth,
@@ -22,12 +22,7 @@ TINY = ModelConfig(vocab_size=100, n_layer=2, n_embd=64, head_size=32, decay_lor
 
 
 def tiny_model(seed=0, cfg=TINY):
-    torch.manual_seed(seed)
-    model = RWKV7(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed_model(cfg, seed)
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 import torch
+from model_helpers import perturbed_model
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError
-from midirwkv.model import RWKV7, State, fastdecode
+from midirwkv.model import State, fastdecode
 from midirwkv.model.decode import DecodeWeights, decode_step
 from midirwkv.model.lora import apply_lora
 
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.skipif(fastdecode.library() is None, reason="no C compi
 
 
 def model(seed=0, cfg=CFG):
-    torch.manual_seed(seed)
-    m = RWKV7(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return m.eval()
+    return perturbed_model(cfg, seed)
 
 
 def decode_all(m, ids):

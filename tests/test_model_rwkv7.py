@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from model_helpers import perturbed_model
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError
@@ -12,13 +13,7 @@ TINY = ModelConfig(vocab_size=100, n_layer=2, n_embd=64, head_size=32, decay_lor
 
 
 def tiny_model(seed=0, cfg=TINY):
-    """A tiny model with every weight perturbed (the RWKV-LM init zeroes some projections)."""
-    torch.manual_seed(seed)
-    model = RWKV7(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed_model(cfg, seed)
 
 
 def close(a, b, tol=1e-5):

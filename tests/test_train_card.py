@@ -68,7 +68,7 @@ def test_unfinished_run_is_a_clear_error(tmp_path):
 
 def test_command_line_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "midirwkv.train.card", str(tmp_path), "--out", str(tmp_path / "m")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "no finished model" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -84,7 +84,8 @@ def test_continued_run_card_and_log_cover_the_whole_history(runs):
                       model=ModelConfig(vocab_size=Vocab.load().size, **TINY), ctx_len=96, micro_batch=2,
                       max_steps=3, warmup_steps=1, lr=1e-3, eval_every=3, eval_batches=2, progress=False, threads=1)
     train(cfg)
-    old_rows = list(csv.DictReader(open(first / "train_log.csv")))
+    with open(first / "train_log.csv", newline="") as fh:
+        old_rows = list(csv.DictReader(fh))
     dest = publish(root / "cont", first, force=True)
     card = (dest / "MODEL_CARD.md").read_text()
     meta0 = json.loads((run["long"] / "final" / "meta.json").read_text())
@@ -96,7 +97,8 @@ def test_continued_run_card_and_log_cover_the_whole_history(runs):
     # a run published before CPU time was recorded counts its wall time x threads, and says so
     del meta0["cpu_s"]
     assert _cpu_text(meta0) == f"{meta0['elapsed_s'] / 60:.1f} CPU-min (wall time x threads)"
-    rows = list(csv.DictReader(open(dest / "train_log.csv")))
+    with open(dest / "train_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     tokens = [int(r["tokens"]) for r in rows]
     assert len(rows) > len(old_rows) and tokens == sorted(tokens) and tokens[-1] == total
     assert (dest / "val_curve.png").stat().st_size > 0

@@ -18,7 +18,7 @@ _EXPORTS = {
     "TrainConfig": "midirwkv.config",
     "MidiRwkvError": "midirwkv.errors",
 }
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS]  # noqa: PLE0604 (the keys are strings)
 
 
 def __getattr__(name: str):

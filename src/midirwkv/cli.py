@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
 
-    from midirwkv import cli_eval, cli_style   # their subcommands live beside their layers' CLIs
+    from midirwkv import cli_eval, cli_style  # their subcommands live beside their layers' CLIs
     cli_style.register(sub)
     cli_eval.register(sub)
     return parser

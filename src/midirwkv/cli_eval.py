@@ -79,13 +79,12 @@ def _splits(text: str) -> tuple[float, float, float]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``midirwkv evaluate``: run (or resume) the protocol, then write the report."""
+    from midirwkv.cli import _Progress
     from midirwkv.config import SampleConfig
     from midirwkv.errors import BadRequestError
     from midirwkv.eval import report as report_mod
     from midirwkv.eval.baselines import parse_systems
     from midirwkv.eval.protocol import EvalConfig, evaluate, rescore
-
-    from midirwkv.cli import _Progress
 
     say = _Progress(args.quiet, "7.1f")     # evaluations run for minutes: tenths of seconds
     if args.report_only or args.rescore:

@@ -74,7 +74,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         return _from_dict(cls, data)
 
 
@@ -129,7 +129,7 @@ class SampleConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SampleConfig":
+    def from_dict(cls, data: dict) -> SampleConfig:
         return _from_dict(cls, data)
 
 
@@ -271,7 +271,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         return _from_dict(cls, data)
 
 
@@ -397,5 +397,5 @@ class StyleConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StyleConfig":
+    def from_dict(cls, data: dict) -> StyleConfig:
         return _from_dict(cls, data)

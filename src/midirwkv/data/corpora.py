@@ -55,9 +55,9 @@ import re
 import shutil
 import sys
 import tarfile
-import zlib
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field

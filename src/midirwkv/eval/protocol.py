@@ -389,7 +389,7 @@ def _tempo_at(vocab: Any, st: Any, lo: int, hi: int) -> list[tuple[int, float]]:
     dec = tables(vocab).decode
     events: list[tuple[int, float]] = []
     current: float | None = None
-    for b in range(0, hi):
+    for b in range(hi):
         den = st.time_sigs[b][1]
         pos = 0
         for i in st.tracks[0].bars[b]:
@@ -702,10 +702,9 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
         rows = done.setdefault(prompt.id, {})
         folder = out / "gens" / prompt.id
         folder.mkdir(parents=True, exist_ok=True)
-        if cfg.save_midi:
-            if not (folder / "original.mid").is_file():
-                from midirwkv.infer.api import write_atomic
-                write_atomic(window_score(case).dumps_midi(), folder / "original.mid")
+        if cfg.save_midi and not (folder / "original.mid").is_file():
+            from midirwkv.infer.api import write_atomic
+            write_atomic(window_score(case).dumps_midi(), folder / "original.mid")
         for system in systems:
             if system.name in rows:
                 continue
