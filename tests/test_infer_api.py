@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,10 @@ def test_cli_infill_writes_variations_and_keeps_input(engine, song, capsys, monk
     assert not out.exists() and sha(song) == before
     assert "prefill" in err and "wrote" in err
     assert json.loads((song.parent / "r.json").read_text())["variations"][1]["seed"] == 5
+    # atomic writes keep the mode a plain open() gives (not mkstemp's 0600): a DAW running as another user reads them
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((song.parent / "fill_v1.mid").stat().st_mode) == 0o666 & ~umask
 
 
 def test_int8_engine_infills_and_is_cached_apart(song, tmp_path, capsys):

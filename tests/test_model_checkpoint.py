@@ -8,6 +8,7 @@ from model_helpers import perturbed_model
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import CheckpointError
+from midirwkv.files import FILE_MODE
 from midirwkv.model import (
     apply_lora,
     export_rwkv_pth,
@@ -46,6 +47,7 @@ def test_folder_round_trip(tmp_path, tokenizer):
     save_checkpoint(out, tiny_model(1), tokenizer, {"step": 13})
     assert load_checkpoint(out)[2] == {"step": 13}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == FILE_MODE   # safetensors alone writes 0600
 
 
 def test_folder_keeps_lora_and_tuned_state(tmp_path, tokenizer):

@@ -12,6 +12,7 @@ import torch
 from midirwkv import cli
 from midirwkv.config import ModelConfig, StyleConfig
 from midirwkv.errors import BadRequestError, CheckpointError, DataError
+from midirwkv.files import FILE_MODE
 from midirwkv.infer import style as istyle
 from midirwkv.infer.session import prefill
 from midirwkv.model.checkpoint import load_checkpoint, save_checkpoint
@@ -125,6 +126,7 @@ def test_blend_equals_the_weighted_state(ckpt, tmp_path):
     g = torch.Generator().manual_seed(1)
     a, b = (torch.randn(2, 2, 16, 16, generator=g) * 0.5 for _ in range(2))
     pa = istyle.save_style(tmp_path / "a.safetensors", a, model, vocab)
+    assert pa.stat().st_mode & 0o777 == FILE_MODE                      # not mkstemp's 0600
     pb = istyle.save_style(tmp_path / "b.safetensors", b, model, vocab)
     state = istyle.style_state(model, vocab, [(pa, 0.3), (pb, 0.7)])
     assert torch.allclose(state.wkv[:, 0], 0.3 * a + 0.7 * b, atol=1e-6)

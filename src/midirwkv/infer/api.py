@@ -8,7 +8,6 @@ indices that ``midirwkv inspect`` prints.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
+from midirwkv.files import temp_beside
 from midirwkv.infer.generate import GeneratedSpan, Grammar
 from midirwkv.infer.session import InfillSession, TrackSession
 from midirwkv.infer.style import resolve_style
@@ -236,7 +236,7 @@ def write_atomic(data: bytes, path: str | Path) -> Path:
     if not folder.is_dir():
         raise BadRequestError("the output folder does not exist", argument="output", value=str(path),
                               fix=f"create {folder} first or choose another output path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor
 
 from midirwkv.errors import BadRequestError, CheckpointError
+from midirwkv.files import save_safetensors, temp_beside
 
 STYLE_KIND = "midirwkv-style"
 """``kind`` metadata of a style (learned state) file."""
@@ -105,13 +105,11 @@ class StyleFile:
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -380,7 +378,7 @@ def export_state(style: str | Path, out: str | Path, dtype: torch.dtype = torch.
         raise BadRequestError("export file must end in .pth or .safetensors", argument="out", value=str(out),
                               fix="e.g. state.pth (RWKV-PEFT / rwkv.cpp) or state.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = temp_beside(out)
     os.close(fd)
     try:
         torch.save(tensors, tmp)

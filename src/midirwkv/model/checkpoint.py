@@ -38,7 +38,7 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
 
     An existing folder at ``dir`` is replaced only once the new one is complete.
     """
-    from safetensors.torch import save_file
+    from midirwkv.files import save_safetensors
 
     dir = Path(dir)
     tok = Path(tokenizer_json_path)
@@ -60,7 +60,7 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
     dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dir.name}.", dir=dir.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS), metadata=file_meta)
+        save_safetensors(tensors, tmp / WEIGHTS, metadata=file_meta)
         (tmp / CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
         shutil.copyfile(tok, tmp / TOKENIZER)
         (tmp / META).write_text(meta_text)

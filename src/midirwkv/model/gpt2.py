@@ -75,14 +75,14 @@ class GPT2Baseline(nn.Module):
 
 def save_baseline(dir: str | Path, model: GPT2Baseline, tokenizer_json_path: str | Path, meta: dict | None = None) -> Path:
     """Write the baseline's folder atomically (a temporary sibling renamed into place)."""
-    from safetensors.torch import save_file
+    from midirwkv.files import save_safetensors
 
     dir = Path(dir)
     dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dir.name}.", dir=dir.parent))
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-        save_file(tensors, str(tmp / "model.safetensors"))
+        save_safetensors(tensors, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(model.config_dict(), indent=2))
         shutil.copyfile(tokenizer_json_path, tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str))

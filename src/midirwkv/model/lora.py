@@ -116,7 +116,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write the adapter tensors of ``model`` to one safetensors file (atomic: temp file then rename)."""
-    from safetensors.torch import save_file
+    from midirwkv.files import save_safetensors
 
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     if not tensors:
@@ -131,7 +131,7 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, tmp, metadata=meta)
     tmp.replace(path)
     return path
 
