@@ -1,9 +1,11 @@
-"""Temporary files for atomic writes: created beside the target, with the mode a plain ``open`` would give."""
+"""Atomic writes: a temporary file beside the target, then one rename, with the mode a plain ``open`` would give."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -18,13 +20,20 @@ FILE_MODE = 0o666 & ~_umask()
 which would leave outputs unreadable to a DAW or a web server running as another user)."""
 
 
-def temp_beside(path: Path) -> tuple[int, str]:
-    """An open descriptor and the path of a new hidden temporary file in ``path``'s folder, mode ``FILE_MODE``;
-    the caller writes it, then ``os.replace``s it onto ``path`` (one rename: readers never see half a file)."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """The path of a new hidden temporary file in ``path``'s folder (mode ``FILE_MODE``) for the block to write;
+    renamed onto ``path`` when the block ends, removed if it raises (readers never see half a file)."""
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.fchmod(fd, FILE_MODE)
-    return fd, tmp
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:

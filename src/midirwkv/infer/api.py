@@ -18,7 +18,7 @@ import torch
 
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
-from midirwkv.files import temp_beside
+from midirwkv.files import atomic_path
 from midirwkv.infer.generate import GeneratedSpan, Grammar
 from midirwkv.infer.session import InfillSession, TrackSession
 from midirwkv.infer.style import resolve_style
@@ -236,17 +236,10 @@ def write_atomic(data: bytes, path: str | Path) -> Path:
     if not folder.is_dir():
         raise BadRequestError("the output folder does not exist", argument="output", value=str(path),
                               fix=f"create {folder} first or choose another output path")
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

@@ -24,7 +24,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 
 from midirwkv.errors import BadRequestError, CheckpointError
-from midirwkv.files import save_safetensors, temp_beside
+from midirwkv.files import atomic_path, save_safetensors
 
 STYLE_KIND = "midirwkv-style"
 """``kind`` metadata of a style (learned state) file."""
@@ -106,14 +105,8 @@ class StyleFile:
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -378,12 +371,6 @@ def export_state(style: str | Path, out: str | Path, dtype: torch.dtype = torch.
         raise BadRequestError("export file must end in .pth or .safetensors", argument="out", value=str(out),
                               fix="e.g. state.pth (RWKV-PEFT / rwkv.cpp) or state.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(out)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         torch.save(tensors, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

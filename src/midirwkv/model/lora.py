@@ -116,7 +116,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write the adapter tensors of ``model`` to one safetensors file (atomic: temp file then rename)."""
-    from midirwkv.files import save_safetensors
+    from midirwkv.files import atomic_path, save_safetensors
 
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     if not tensors:
@@ -130,9 +130,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         meta.update(lora_rank=str(first.rank), lora_alpha=str(first.alpha), lora_targets=json.dumps(targets))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_safetensors(tensors, tmp, metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_safetensors(tensors, tmp, metadata=meta)
     return path
 
 
