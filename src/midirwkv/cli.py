@@ -213,9 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--eval-batches", int, "micro-batches per validation"),
                              ("--ckpt-every", int, "resumable checkpoint every N steps"),
                              ("--seed", int, "seed"), ("--threads", int, "torch CPU threads"),
-                             ("--workers", int, "sample-building worker processes")):
+                             ("--workers", int, "sample-building worker processes"),
+                             ("--span-weight", float, "loss weight of the infilled tokens (default 1)")):
         p.add_argument(flag, type=kind, help=text)
     p.add_argument("--arch", choices=("rwkv7", "gpt2"), help="rwkv7 (default) or the gpt2 Transformer baseline")
+    p.add_argument("--prompt-layout", choices=("target_last", "file_order"),
+                   help="track order of bar-infilling samples: target_last (default) or file_order (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="start over even if the run folder has checkpoints")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -447,7 +450,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     fields.update(data_dir=args.data, out_dir=args.output)
     for name in ("arch", "tokenizer", "init_from", "ctx_len", "micro_batch", "grad_accum", "lr", "lr_floor", "warmup_steps",
                  "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_batches", "ckpt_every", "seed",
-                 "threads", "workers"):
+                 "threads", "workers", "span_weight", "prompt_layout"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value

@@ -186,6 +186,13 @@ class TrainConfig:
     """Probability of a track-infilling sample (else bar infilling)."""
     augment: bool = True
     """Pitch (+-6) and velocity (+-2) augmentation of training samples (never of validation samples)."""
+    prompt_layout: str = "target_last"
+    """Track order of bar-infilling samples (``music.infill.LAYOUTS``): the target track last, right before the
+    span (``"target_last"``), or every track in file order (``"file_order"``, the paper's). Recorded in the
+    checkpoint; inference prompts in the same layout."""
+    span_weight: float = 1.0
+    """Loss weight of the infilled part's tokens (span bars, written track) relative to context tokens (1 = the
+    plain mean). Validation losses are never weighted."""
     val_split: str = "valid"
     """Split of the token cache used for validation."""
     eval_every: int = 500
@@ -244,6 +251,10 @@ class TrainConfig:
             ("w0_lr_scale", self.w0_lr_scale > 0, "use a positive multiplier, e.g. 2.0"),
             ("grad_clip", self.grad_clip >= 0, "use 0 for off or e.g. 1.0"),
             ("p_track", 0 <= self.p_track <= 1, "use a probability in [0, 1]"),
+            ("prompt_layout", self.prompt_layout in ("target_last", "file_order"),
+             "use 'target_last' (the default) or 'file_order' (the paper's)"),
+            ("span_weight", isinstance(self.span_weight, (int, float)) and 0 < self.span_weight <= 100,
+             "use a weight in (0, 100], e.g. 1 (off) or 3"),
             ("val_split", self.val_split in ("train", "valid", "test"), "use 'valid', 'test' or 'train'"),
             ("arch", self.arch in ("rwkv7", "gpt2"), "use 'rwkv7' (the product) or 'gpt2' (the baseline)"),
             ("dtype", self.dtype in ("auto", "bf16", "fp32"), "use 'auto', 'bf16' or 'fp32'"),

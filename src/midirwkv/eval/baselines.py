@@ -130,7 +130,7 @@ class RwkvSystem:
         key = ("rwkv-session", id(self.engine))
         if key in case.shared:
             return case.shared[key]
-        prompt = build_prompt(self.vocab, case.st, case.request())
+        prompt = build_prompt(self.vocab, case.st, case.request(), self.engine.layout)
         tt = case.track
         session = InfillSession(self.engine.model, self.vocab, prompt, is_drum=tt.is_drum,
                                 grammar=self.engine.grammar(tt.is_drum))
@@ -251,8 +251,9 @@ class Gpt2System:
 
     name = "gpt2"
 
-    def __init__(self, net, vocab, *, sample: SampleConfig, model_path: str | None):
+    def __init__(self, net, vocab, *, sample: SampleConfig, model_path: str | None, layout: str = "file_order"):
         self.model = CachedGPT2(net, vocab.pad)
+        self.layout = layout
         self.vocab = vocab
         self.sample = sample
         self.model_path = model_path
@@ -279,7 +280,8 @@ class Gpt2System:
         seq, scored = case.teacher_sequence(vocab=self.vocab)
         reserve = self.budget(case, len(seq))
         try:
-            prompt = build_prompt(self.vocab, case.st, case.request(max_prompt_tokens=self.model.n_positions - reserve))
+            prompt = build_prompt(self.vocab, case.st, case.request(max_prompt_tokens=self.model.n_positions - reserve),
+                                  self.layout)
         except BadRequestError as exc:
             return SystemOutput(bars=_empty_bars(case), seconds=time.perf_counter() - t0,
                                 failed=f"prompt does not fit the context: {exc}")
@@ -354,8 +356,11 @@ def make_systems(names: Sequence[str], *, model: str | None = None, baseline_mod
         elif name in ("rwkv", "rwkv-free"):
             out.append(RwkvSystem(engine, free=name == "rwkv-free", sample=sample, model_path=model_path))
         elif name == "gpt2":
+            from midirwkv.music.infill import layout_of
+
             vocab = engine.vocab if engine is not None else None
             path = None
+            layout = "file_order"                        # a GPT2Baseline given loaded: its meta is unknown
             if baseline is None:
                 if baseline_model is None:
                     raise BadRequestError("the gpt2 system needs the baseline's folder", argument="--baseline-model",
@@ -369,7 +374,8 @@ def make_systems(names: Sequence[str], *, model: str | None = None, baseline_mod
                                           value=str(baseline_model),
                                           fix="pass the folder of `midirwkv train --arch gpt2` (config.json "
                                               "says \"arch\": \"gpt2\")")
-                baseline, tokenizer_path, _ = load_baseline(baseline_model)
+                baseline, tokenizer_path, baseline_meta = load_baseline(baseline_model)
+                layout = layout_of(baseline_meta)
                 path = str(baseline_model)
                 if vocab is not None and _same_bytes(getattr(vocab, "path", None), tokenizer_path):
                     base_vocab = vocab                   # the same tokenizer file: skip loading it again
@@ -383,5 +389,5 @@ def make_systems(names: Sequence[str], *, model: str | None = None, baseline_mod
             elif vocab is None:
                 from midirwkv.music.vocab import Vocab
                 vocab = Vocab.load()
-            out.append(Gpt2System(baseline.eval(), vocab, sample=sample, model_path=path or "given"))
+            out.append(Gpt2System(baseline.eval(), vocab, sample=sample, model_path=path or "given", layout=layout))
     return out

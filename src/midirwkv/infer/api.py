@@ -80,6 +80,12 @@ class Engine:
     path: Path | None = None
     _grammars: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def layout(self) -> str:
+        """The bar-infilling prompt layout the model was trained with (``music.infill.layout_of``)."""
+        from midirwkv.music.infill import layout_of
+        return layout_of(self.meta)
+
     def grammar(self, is_drum: bool) -> Grammar:
         """The in-bar grammar tables for drum or pitched tracks, built once."""
         if is_drum not in self._grammars:
@@ -499,7 +505,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
             g_score, g_st = current[group[0]]
             tt = _track_tokens(g_st, trk)
             t1 = time.perf_counter()
-            prompt = build_prompt(vocab, g_st, req)
+            prompt = build_prompt(vocab, g_st, req, engine.layout)
             session = InfillSession(run_model, vocab, prompt, is_drum=tt.is_drum,
                                     grammar=engine.grammar(tt.is_drum), init_state=init_state)
             t2 = time.perf_counter()

@@ -5,8 +5,8 @@ FEEDS the bar's real header (``Bar_None TimeSig_x/y`` from ``Prompt.bar_headers`
 (``Prompt.bar_controls``), then samples the bar's notes. The model closes a bar by sampling ``Bar_None``
 (or ``FillBar_End`` on the last bar); the loop then opens the next bar, or stops after the last one, so a
 span always holds exactly the requested bars and the controls are always fed right after a header, never
-after notes. A grammar guard masks everything that cannot occur at that point of a bar: track and program
-tokens, padding, a second header, BPE tokens that merge a bar start with notes, out-of-order positions,
+after notes. A grammar guard masks everything that cannot occur at that point of a bar or that the splice
+would drop: track and program tokens, padding, a second header, tempo changes, BPE tokens that merge a bar start with notes, out-of-order positions,
 a note over the per-bar cap, an empty bar when the bar was asked to hold notes, a run of empty bars
 nobody asked for.
 
@@ -91,12 +91,15 @@ class Grammar:
 
 
 def _run(state: int, tokens: Sequence[tuple[str, str]], pitch_kind: str, velocity: bool) -> int:
-    """Run the in-bar grammar from ``state`` over base tokens ``(kind, value)``; -1 when a step is illegal."""
+    """Run the in-bar grammar from ``state`` over base tokens ``(kind, value)``; -1 when a step is illegal.
+
+    ``Tempo`` is never legal: the training data has tempo changes inside bars, but a fill cannot use them
+    (the splice keeps the file's own tempo map), so a generated one would only waste a token and bend what
+    the model writes next. The same holds for every id that merges a Tempo with other tokens.
+    """
     for kind, _ in tokens:
         if kind == "Position" and state in (S_START, S_TEMPO, S_NOTE):
             state = S_POS
-        elif kind == "Tempo" and state == S_POS:
-            state = S_TEMPO
         elif kind == pitch_kind and state in (S_POS, S_TEMPO, S_NOTE):
             state = S_PITCH
         elif kind == "Velocity" and velocity and state == S_PITCH:

@@ -10,8 +10,8 @@ pre-tokenised cache. One sample:
    leave 21..108; drums never shift), one velocity shift in -2..2 re-binned to the 24 velocity values.
    Controls do not change under these augmentations.
 4. Bar infilling: span length ``n = max(min(choice{1,2,4,8}, bars), round(bars x U(0.1, 0.4)))``, start
-   uniform, resampled when the span holds no note; sequence = ``music.infill.build_prompt`` layout (all
-   8 controls per bar) followed by each span bar's body and ``FillBar_End``. Track infilling: the other
+   uniform, resampled when the span holds no note; sequence = ``music.infill.build_prompt`` in the given
+   ``layout`` (all 8 controls per bar) followed by each span bar's body and ``FillBar_End``. Track infilling: the other
    tracks, then ``Infill_Track Track_Start Program <track controls> <bars> Track_End``.
 5. Windowing to ``ctx_len`` by whole bars: bar infilling shrinks the context symmetrically around the
    span (then the span from its end if one span alone is too long); track infilling takes a random
@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from midirwkv.errors import BadRequestError, DataError
-from midirwkv.music.infill import InfillRequest, build_prompt, track_controls_of
+from midirwkv.music.infill import LAYOUTS, InfillRequest, build_prompt, check_layout, track_controls_of
 from midirwkv.music.remi import PITCH_RANGE, ScoreTokens, TrackTokens, tables
 
 SPAN_CHOICES = (1, 2, 4, 8)
@@ -94,8 +94,13 @@ def _note_bars(t: TrackTokens, tb) -> list[bool]:
 
 
 def build_sample(st: ScoreTokens, vocab, rng: np.random.Generator, ctx_len: int = 2048, p_track: float = 0.25,
-                 augment_data: bool = True) -> Sample:
-    """One seeded training sample (see the module docstring). Same ``rng`` state -> same sample."""
+                 augment_data: bool = True, layout: str = LAYOUTS[0]) -> Sample:
+    """One seeded training sample (see the module docstring). Same ``rng`` state -> same sample.
+
+    ``layout`` is the bar-infilling prompt layout (``music.infill.LAYOUTS``); it does not change the random
+    draws, so the same ``rng`` state gives the same span, tracks and augmentation in either layout.
+    """
+    check_layout(layout)
     if ctx_len < 16:
         raise DataError("ctx_len is too small", argument="ctx_len", value=ctx_len, fix="use e.g. 2048")
     tb = tables(vocab)
@@ -112,11 +117,11 @@ def build_sample(st: ScoreTokens, vocab, rng: np.random.Generator, ctx_len: int 
     vs = int(rng.integers(-2, 3)) if augment_data else 0
     sub = augment(replace(st, tracks=kept), vocab, ps, vs)
     if kind == "bar":
-        return _bar_sample(sub, vocab, rng, ctx_len, notes, ps, vs)
+        return _bar_sample(sub, vocab, rng, ctx_len, notes, ps, vs, layout)
     return _track_sample(sub, vocab, rng, ctx_len, notes, ps, vs)
 
 
-def _bar_sample(st: ScoreTokens, vocab, rng, ctx_len: int, notes, ps: int, vs: int) -> Sample:
+def _bar_sample(st: ScoreTokens, vocab, rng, ctx_len: int, notes, ps: int, vs: int, layout: str) -> Sample:
     with_notes = [t for t in st.tracks if any(notes[t.index])]
     tt = with_notes[int(rng.integers(len(with_notes)))]
     bars = st.n_bars
@@ -142,13 +147,13 @@ def _bar_sample(st: ScoreTokens, vocab, rng, ctx_len: int, notes, ps: int, vs: i
         reach = min(bars, ctx_len // (2 * len(st.tracks)) + 1)
         req = InfillRequest(track=tt.index, start=start, end=end, context_bars=reach, max_prompt_tokens=max(1, budget))
         try:
-            prompt = build_prompt(vocab, st, req)
+            prompt = build_prompt(vocab, st, req, layout)
             break
         except BadRequestError:      # the span alone is too long: shorten it from its end
             if end - start > 1:
                 end -= 1
                 continue
-            prompt = build_prompt(vocab, st, replace(req, max_prompt_tokens=10 ** 9, context_bars=0))
+            prompt = build_prompt(vocab, st, replace(req, max_prompt_tokens=10 ** 9, context_bars=0), layout)
             break
     ids = list(prompt.ids)
     fill_from = len(ids) - len(prompt.bar_headers[0]) - len(prompt.bar_controls[0])

@@ -1,10 +1,17 @@
-"""Infill requests -> prompt ids in the paper's layout; generated bars -> notes spliced into the score.
+"""Infill requests -> prompt ids; generated bars -> notes spliced into the score.
 
-Bar infilling (one span of one track), one sequence, tracks in their ORIGINAL order (the paper's)::
+Bar infilling (one span of one track), one sequence::
 
-    Track_Start Program_p <bars lo..start> Infill_Bar x n <bars end..hi> Track_End      (target, in place)
     Track_Start Program_q <bars lo..hi> Track_End                                         (each other track)
+    Track_Start Program_p <bars lo..start> Infill_Bar x n <bars end..hi> Track_End      (the target)
     FillBar_Start Bar_None TimeSig <controls of bar 1>       <- the prompt ends here
+
+Two layouts (``LAYOUTS``) order the tracks. ``"file_order"`` (the paper's, and our checkpoints trained
+before the layout was recorded) writes every track in its original place, so the target's own bars can end
+thousands of tokens before the first generated one. ``"target_last"`` writes the other tracks in file
+order and the target track last, right before ``FillBar_Start``: its register and key are the freshest thing
+in the recurrent state when the span is written. A checkpoint records the layout it was trained with
+(``prompt_layout`` in its training config) and inference uses that one.
 
 Other tracks keep their notes inside the span. Each infilled bar's header carries its REAL time
 signature (the authors forced 4/4). Context bars are BPE-encoded one bar at a time, headers unmerged.
@@ -36,6 +43,28 @@ from midirwkv.music.remi import (
     quantise_track,
     tables,
 )
+
+
+LAYOUTS = ("target_last", "file_order")
+"""Track orders of a bar-infilling prompt (see the module docstring); the first is the one new runs train with."""
+
+
+def check_layout(layout: object) -> str:
+    """``layout`` if it is one of ``LAYOUTS``, else the typed error naming it."""
+    if layout not in LAYOUTS:
+        raise BadRequestError("unknown prompt layout", argument="layout", value=layout,
+                              fix=f"use one of {list(LAYOUTS)}")
+    return str(layout)
+
+
+def layout_of(meta: dict | None) -> str:
+    """The prompt layout a checkpoint was trained with, from its ``meta.json``.
+
+    Checkpoints written before the layout was recorded (ours up to the fifth run, the paper's) used the
+    file order.
+    """
+    cfg = (meta or {}).get("train_config") or {}
+    return check_layout(cfg.get("prompt_layout", "file_order"))
 
 
 @dataclass
@@ -121,8 +150,9 @@ def _program_id(vocab, tt_program: int) -> int:
     return vocab.id(f"Program_{tt_program}")
 
 
-def build_prompt(vocab, st: ScoreTokens, req: InfillRequest) -> Prompt:
-    """The prompt of one bar-infilling request (see the module docstring for the layout)."""
+def build_prompt(vocab, st: ScoreTokens, req: InfillRequest, layout: str = "file_order") -> Prompt:
+    """The prompt of one bar-infilling request in ``layout`` (see the module docstring)."""
+    check_layout(layout)
     tt, controls = validate_request(st, req)
     start, end = int(req.start), int(req.end)
     n_bars = st.n_bars
@@ -159,7 +189,10 @@ def build_prompt(vocab, st: ScoreTokens, req: InfillRequest) -> Prompt:
                               argument="max_prompt_tokens", value=req.max_prompt_tokens,
                               fix=f"raise it to at least {need}, or infill fewer bars at once")
     ids: list[int] = []
-    for t in st.tracks:
+    order = list(st.tracks)
+    if layout == "target_last":
+        order = [t for t in order if t.index != tt.index] + [tt]
+    for t in order:
         ids += [vocab.track_start, _program_id(vocab, t.program)]
         bars = bpe_bars[t.index]
         if t.index == tt.index:

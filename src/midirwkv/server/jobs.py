@@ -352,7 +352,7 @@ class JobManager:
         score, st = self._load_version(job)
         req = infill_request(req_in)
         tt, asked = validate_request(st, req)
-        prompt = build_prompt(self.vocab, st, req)
+        prompt = build_prompt(self.vocab, st, req, self.engine.layout)
         self._set(job_id, message=f"reading the prompt ({len(prompt.ids)} tokens)")
         self.model.hook = self._hook(cancel)
         session = InfillSession(

@@ -14,8 +14,9 @@ loss curve is the same. The learning rate is a pure function of (step, tokens, e
 then a cosine from ``lr`` to ``lr_floor`` over the run's progress (the largest of the step, token and time
 fractions that are set).
 
-The loss is the token mean of the cross-entropy over the sample's loss mask (given tokens and padding are
-excluded), taken over the whole optimizer step on every process. Validation reports it overall and on the
+The loss is the weighted token mean of the cross-entropy over the sample's loss mask (given tokens and
+padding are excluded), taken over the whole optimizer step on every process; tokens of the infilled part
+weigh ``span_weight`` (1 by default: the plain mean). Bar-infilling samples use ``prompt_layout``. Validation reports it overall and on the
 infilled part alone (the sample's ``target_mask``: the span bars or the written track).
 """
 
@@ -206,6 +207,16 @@ def masked_losses(logits: Tensor, batch: TrainBatch) -> tuple[Tensor, Tensor]:
     return weighted.sum(), (weighted * batch.span_mask).sum()
 
 
+def loss_weight_sum(batch: TrainBatch, span_weight: float) -> float:
+    """Total training weight of ``batch``'s predicted tokens: 1 per context token, ``span_weight`` per span token."""
+    return float(batch.loss_mask.sum()) + (span_weight - 1.0) * float((batch.loss_mask * batch.span_mask).sum())
+
+
+def training_loss(loss: Tensor, span: Tensor, span_weight: float) -> Tensor:
+    """The summed training objective from :func:`masked_losses`: span tokens weighted ``span_weight``."""
+    return loss if span_weight == 1.0 else loss + (span_weight - 1.0) * span
+
+
 def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
     return TrainBatch(batch.input_ids.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True),
                       batch.loss_mask.to(device, non_blocking=True), batch.span_mask.to(device, non_blocking=True),
@@ -242,7 +253,8 @@ class _TrainStream:
         cfg = self.cfg
         ds = SampleDataset(self.cache, self.vocab, seed=cfg.seed, epoch=self.epoch, start_index=self.start,
                            rank=self.info.rank, world_size=self.info.world_size, block=cfg.micro_batch,
-                           ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=cfg.augment)
+                           ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=cfg.augment,
+                           layout=cfg.prompt_layout)
         self.left = ((len(self.cache) - self.start) // self.round) * self.slots
         self.drawn = 0
         loader = DataLoader(ds, batch_size=cfg.micro_batch, collate_fn=SpanCollator(self.vocab.pad),
@@ -316,7 +328,8 @@ def _validation_batches(cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo
     epoch = 0
     while len(samples) < want:
         ds = SampleDataset(cache, vocab, seed=cfg.val_seed, epoch=epoch, rank=info.rank, world_size=info.world_size,
-                           block=1, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=False)
+                           block=1, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=False,
+                           layout=cfg.prompt_layout)
         for s in ds:
             samples.append(s)
             if len(samples) == want:
@@ -675,7 +688,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             batches = [stream.next() for _ in range(cfg.grad_accum)]
-            n_mask, n_tok = all_reduce_sum([float(sum(float(b.loss_mask.sum()) for b in batches)),
+            n_mask, n_tok = all_reduce_sum([float(sum(loss_weight_sum(b, cfg.span_weight) for b in batches)),
                                             float(sum(b.n_tokens for b in batches))], device)
             scale = info.world_size / max(n_mask, 1.0)   # DDP averages gradients over processes
             loss_sum = torch.zeros((), device=device)
@@ -685,7 +698,8 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                 with sync:
                     with autocast():
                         logits = forward(b.input_ids)
-                    loss, _ = masked_losses(logits, b)
+                    loss, span = masked_losses(logits, b)
+                    loss = training_loss(loss, span, cfg.span_weight)
                     (loss * scale).backward()
                 loss_sum += loss.detach()
             if cfg.grad_clip:

@@ -237,11 +237,15 @@ def _load_model(model: Any, engine: Any) -> tuple[torch.nn.Module, Any, Path]:
 
     if engine is not None:
         tok = Path(engine.path) / "tokenizer.json" if getattr(engine, "path", None) else None
-        return copy.deepcopy(engine.model).cpu(), engine.vocab, tok
+        net = copy.deepcopy(engine.model).cpu()
+        net.prompt_layout = engine.layout
+        return net, engine.vocab, tok
     from midirwkv.infer.api import DEFAULT_MODEL_DIR
     from midirwkv.model.checkpoint import load_checkpoint
+    from midirwkv.music.infill import layout_of
 
-    net, tok, _ = load_checkpoint(model if model is not None else DEFAULT_MODEL_DIR)
+    net, tok, meta = load_checkpoint(model if model is not None else DEFAULT_MODEL_DIR)
+    net.prompt_layout = layout_of(meta)          # samples are built in the layout the model was trained with
     return net, Vocab.load(tok), tok
 
 
@@ -278,8 +282,11 @@ def _fit(model, vocab, params: list[torch.nn.Parameter], train: list[Song], vali
     from midirwkv.music.examples import build_sample
     from midirwkv.train.loop import masked_losses
 
+    layout = getattr(model, "prompt_layout", "file_order")
+
     def sample(st, rng, augment: bool):
-        return build_sample(st, vocab, rng, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=augment)
+        return build_sample(st, vocab, rng, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=augment,
+                            layout=layout)
 
     val_samples = [sample(s.tokens, np.random.default_rng([cfg.seed, VALID_SEED_OFFSET, j, k]), False)
                    for j, s in enumerate(valid) for k in range(cfg.val_samples_per_song)]
