@@ -182,9 +182,40 @@ def test_init_from_released_folder_starts_a_new_run(prepared, tmp_path):
         assert torch.allclose(v, res.model.state_dict()[k], atol=1e-6), k
     _, _, meta = load_checkpoint(res.final_dir)
     assert meta["init_from"] == str(first.final_dir) and meta["init_meta"]["steps"] == 2
-    other = ModelConfig(vocab_size=first.model.cfg.vocab_size, **{**TINY, "n_layer": 3})
+    other = ModelConfig(vocab_size=first.model.cfg.vocab_size, **{**TINY, "n_embd": 96})
     with pytest.raises(BadRequestError):
         train(replace(cfg, out_dir=str(tmp_path / "c"), model=other))
+    # resuming a run that started from a checkpoint keeps its shape and its lineage
+    more = train(replace(cfg, max_steps=2))
+    assert more.resumed_from == 1 and more.steps == 2
+    _, _, meta = load_checkpoint(more.final_dir)
+    assert meta["init_from"] == str(first.final_dir) and meta["init_meta"]["steps"] == 2
+
+
+def test_init_from_grows_depth_without_changing_the_function(prepared, tmp_path):
+    from midirwkv.model.checkpoint import grown_layer_sources
+
+    assert grown_layer_sources(4, 6) == [(0, False), (1, False), (1, True), (2, False), (2, True), (3, False)]
+    assert [j for j, _ in grown_layer_sources(2, 4)] == [0, 1, 1, 1]
+    with pytest.raises(BadRequestError):
+        grown_layer_sources(4, 3)
+    first = train(tiny_cfg(prepared, tmp_path / "a", max_steps=3, eval_every=0, ckpt_every=0))
+    deeper = ModelConfig(vocab_size=first.model.cfg.vocab_size, **{**TINY, "n_layer": 4})
+    cfg = tiny_cfg(prepared, tmp_path / "b", model=deeper, init_from=str(first.final_dir), max_steps=1,
+                   eval_every=0)
+    res = train(cfg)
+    model, _, meta = load_checkpoint(res.final_dir)
+    assert model.cfg.n_layer == 4 and meta["grown_from_layers"] == 2
+    # before any step the grown model computes exactly what the 2-layer one did
+    from midirwkv.model.checkpoint import grow_depth
+    from midirwkv.model.checkpoint import load_weights
+    grown = RWKV7(deeper).eval()
+    load_weights(grown, grow_depth(first.model.state_dict(), 2, 4))
+    ids = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        assert torch.allclose(grown(ids), first.model.eval()(ids), atol=1e-5)
+    # one step later the new layers have started to learn
+    assert model.blocks[2].att.output.weight.abs().sum() > 0
 
 
 def test_stream_position_is_exact_with_workers(prepared):

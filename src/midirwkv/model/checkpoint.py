@@ -157,6 +157,48 @@ def load_weights(model: RWKV7, tensors: dict[str, Tensor], source: str = "state_
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
 
 
+def grown_layer_sources(n_old: int, n_new: int) -> list[tuple[int, bool]]:
+    """For each layer of a model grown from ``n_old`` to ``n_new`` layers: (old layer it copies, is a new copy).
+
+    The old layers keep their order; the new copies are spread evenly over old layers ``1 .. n_old - 1``
+    (never layer 0, which alone holds ``ln0`` and makes the value-residual ``v_first``), each placed right after
+    the layer it copies. E.g. 4 -> 6: ``[0, 1, 1*, 2, 2*, 3]``.
+    """
+    if not (isinstance(n_old, int) and isinstance(n_new, int) and 2 <= n_old <= n_new):
+        raise BadRequestError("a model grows from 2 or more layers to at least as many", argument="n_layer",
+                              value=(n_old, n_new), fix="use n_new >= n_old >= 2")
+    extra = n_new - n_old
+    copies = [0] * n_old
+    for k in range(extra):          # spread evenly over layers 1 .. n_old - 1
+        copies[1 + (k * (n_old - 1)) // extra if extra <= n_old - 1 else 1 + k % (n_old - 1)] += 1
+    out: list[tuple[int, bool]] = []
+    for j in range(n_old):
+        out.append((j, False))
+        out += [(j, True)] * copies[j]
+    return out
+
+
+def grow_depth(tensors: dict[str, Tensor], n_old: int, n_new: int) -> dict[str, Tensor]:
+    """Weights of an ``n_old``-layer RWKV-7 grown to ``n_new`` layers computing the SAME function at first.
+
+    Each new layer (see :func:`grown_layer_sources`) copies its source layer with the two matrices that write
+    into the residual stream (``att.output`` and ``ffn.value``) set to zero, so it adds nothing until training
+    moves them: a continued run starts from the old model's loss, not from a disturbed one. Everything outside
+    the blocks (embedding, ``ln_out``, head) is shared unchanged.
+    """
+    out = {k: v for k, v in tensors.items() if not k.startswith("blocks.")}
+    for i, (j, fresh) in enumerate(grown_layer_sources(n_old, n_new)):
+        prefix = f"blocks.{j}."
+        for k, v in tensors.items():
+            if k.startswith(prefix):
+                rest = k[len(prefix):]
+                value = v.clone()
+                if fresh and rest in ("att.output.weight", "ffn.value.weight"):
+                    value.zero_()
+                out[f"blocks.{i}.{rest}"] = value
+    return out
+
+
 # ------------------------------------------------------------------------------------------- RWKV-LM .pth
 
 def _layer_count(sd: dict[str, Tensor]) -> int:

@@ -23,6 +23,7 @@ infilled part alone (the sample's ``target_mask``: the span bars or the written 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import json
 import math
@@ -486,10 +487,13 @@ def _model_config(cfg: TrainConfig, vocab_size: int, init_cfg: ModelConfig | Non
             raise BadRequestError(f"cannot read the model config ({exc})", argument="model", value=cfg.model,
                                   fix="pass a config.json (or a checkpoint folder holding one)") from exc
     if init_cfg is not None:
-        if model is not None and model != init_cfg:
+        grows = model is not None and model.n_layer > init_cfg.n_layer and \
+            dataclasses.replace(model, n_layer=init_cfg.n_layer) == init_cfg
+        if model is not None and model != init_cfg and not grows:
             raise BadRequestError("model differs from the init_from checkpoint's config", argument="model",
-                                  value=model, fix="leave model=None to use the checkpoint's shape")
-        model = init_cfg
+                                  value=model, fix="leave model=None to use the checkpoint's shape, or change only "
+                                                   "n_layer (upwards) to grow it")
+        model = model if grows else init_cfg
     if model is None:
         model = ModelConfig(vocab_size=vocab_size)
     if model.vocab_size < vocab_size:
@@ -581,10 +585,22 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                               value=str(out_dir), fix="use a new out_dir, or resume=True to continue that run")
     saved = _load_resumable(resume_dir) if resume_dir is not None else None
 
-    init_model = init_meta = None
+    init_model = init_meta = init_cfg = None
     if cfg.init_from and saved is None:
         init_model, _, init_meta = load_checkpoint(cfg.init_from)
-    model_cfg = _model_config(cfg, vocab.size, init_model.cfg if init_model is not None else None)
+        init_cfg = init_model.cfg
+    elif cfg.init_from:
+        # resuming a run that started from a checkpoint: its shape and lineage, without its weights
+        init_dir = Path(cfg.init_from)
+        try:
+            init_cfg = ModelConfig.from_dict(json.loads((init_dir / "config.json").read_text(encoding="utf-8")))
+            init_meta = json.loads((init_dir / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read the init_from checkpoint of the run to resume ({exc})",
+                                  argument="init_from", value=cfg.init_from,
+                                  fix="restore that folder (its config.json and meta.json), or resume with "
+                                      "--init-from pointing at a copy of it") from exc
+    model_cfg = _model_config(cfg, vocab.size, init_cfg)
     if saved is not None and saved["model_config"] != model_cfg.to_dict():
         raise CheckpointError("the checkpoint to resume was made for another model shape", argument="model",
                               value=model_cfg, fix=f"resume with the shape in {resume_dir} or use a new out_dir")
@@ -598,10 +614,15 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         model = GPT2Baseline(model_cfg, cfg.ctx_len)
     else:
         model = RWKV7(model_cfg)
+    grown_from = init_cfg.n_layer if init_cfg is not None and init_cfg.n_layer < model_cfg.n_layer else None
     if init_model is not None:
         # a plain copy: LoRA / state-tuned folders must be merged into plain weights first (tune.py's export)
-        load_weights(model, init_model.state_dict(), source=cfg.init_from)
-        del init_model
+        tensors = init_model.state_dict()
+        if grown_from is not None:
+            from midirwkv.model.checkpoint import grow_depth
+            tensors = grow_depth(tensors, grown_from, model_cfg.n_layer)
+        load_weights(model, tensors, source=cfg.init_from)
+        del init_model, tensors
     model.to(device).train()
     for name in _unused_parameters(model, device):
         model.get_parameter(name).requires_grad_(False)
@@ -752,6 +773,8 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                 "cpu_s": round(cpu_used(), 3), "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
                 "last_train_loss": last_loss, "train_config": cfg.to_dict(),
                 "init_from": cfg.init_from or None, "init_meta": init_meta}
+        if grown_from is not None:
+            meta["grown_from_layers"] = grown_from
         if cfg.arch == "gpt2":
             from midirwkv.model.gpt2 import save_baseline
             final_dir = save_baseline(out_dir / FINAL_DIR, model, tok_path, meta)
