@@ -25,11 +25,17 @@ from midirwkv.eval.metrics import (
     control_adherence,
     groove_gap,
     groove_similarity,
+    key_pitch_classes,
+    mean_pitch,
     measure_bar_controls,
     onset_f1,
     onset_grids,
+    onset_only_f1,
+    out_of_key,
     pch_entropy,
     pche_diff,
+    register_err,
+    register_off12,
     score_span,
 )
 from midirwkv.music.controls import BarControls, control_field_names
@@ -78,7 +84,8 @@ def test_identical_span_scores_perfectly() -> None:
 def test_score_span_keys_are_stable_and_directed() -> None:
     s = score_span(MELODY, MELODY, bars(BAR_44, BAR_44), TPQ)
     expected = {"n_bars", "n_notes", "n_notes_orig", "cp", "cp_active", "gs", "gs_orig", "gs_gap", "pch_entropy",
-                "pch_entropy_orig", "pche_diff", "onset_precision", "onset_recall", "onset_f1",
+                "pch_entropy_orig", "pche_diff", "onset_precision", "onset_recall", "onset_f1", "onset_only_f1",
+                "register_err", "register_off12", "register_off12_orig", "out_of_key", "out_of_key_orig",
                 *(f"ctrl_{n}_err" for n in (*CONTROL_FIELDS, "dur", "all"))}
     assert set(s) == expected
     assert all(math.isnan(s[f"ctrl_{n}_err"]) for n in (*CONTROL_FIELDS, "dur", "all"))
@@ -260,6 +267,137 @@ def test_onset_matching_equals_brute_force_maximum(g, o, tol) -> None:
     assert 0.0 <= f.f1 <= 1.0
 
 
+# ----------------------------------------------------------------------------------- onset-only F1
+
+
+def test_onset_only_f1_ignores_pitch() -> None:
+    line = notes((0, 480, 60), (480, 480, 64), (960, 480, 68), (1440, 480, 72))
+    up = shifted(line, semitones=1)
+    assert onset_f1(up, line, TPQ / 8).f1 == 0.0
+    f = onset_only_f1(up, line, TPQ / 8)
+    assert (f.matched, f.precision, f.recall, f.f1) == (4, 1.0, 1.0, 1.0)
+    # The same 32nd-note tolerance, inclusive: 60 ticks late still matches, 61 does not.
+    assert onset_only_f1(shifted(up, ticks=60), line, TPQ / 8).f1 == 1.0
+    assert onset_only_f1(shifted(up, ticks=61), line, TPQ / 8).f1 == 0.0
+
+
+def test_onset_only_f1_counts_notes_one_to_one() -> None:
+    # A 3-note chord against one note at the same onset: one match (precision 1/3, recall 1, F1 1/2).
+    f = onset_only_f1(notes((0, 480, 60), (0, 480, 64), (0, 480, 67)), notes((0, 480, 48)), TPQ / 8)
+    assert (f.matched, f.precision, f.recall, f.f1) == (1, pytest.approx(1 / 3), 1.0, pytest.approx(0.5))
+    # Eighths against quarters: the 2 quarter onsets are matched, the 2 off-beat eighths are not.
+    f = onset_only_f1(notes(*[(t, 240, 62) for t in range(0, 960, 240)]), notes((0, 480, 60), (480, 480, 60)), 60)
+    assert (f.matched, f.precision, f.recall) == (2, 0.5, 1.0)
+    assert onset_only_f1(NoteArray.empty(), NoteArray.empty(), 60).f1 == 1.0
+    assert onset_only_f1(NoteArray.empty(), MELODY, 60).f1 == 0.0
+    with pytest.raises(BadRequestError, match="tolerance_ticks"):
+        onset_only_f1(MELODY, MELODY, math.inf)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(60, 62)), max_size=12),
+       st.lists(st.tuples(st.integers(0, 40), st.integers(60, 62)), max_size=12),
+       st.integers(0, 6))
+def test_onset_only_f1_is_a_maximum_matching_and_never_below_onset_f1(g, o, tol) -> None:
+    gen = notes(*[(t, 1, p) for t, p in g])
+    orig = notes(*[(t, 1, p) for t, p in o])
+    f = onset_only_f1(gen, orig, tol)
+    if g and o:
+        adj = np.array([[abs(tg - to) <= tol for to, _ in o] for tg, _ in g], dtype=np.int8)
+        best = int((maximum_bipartite_matching(csr_matrix(adj), perm_type="column") >= 0).sum())
+        assert f.matched == best
+    assert f.f1 >= onset_f1(gen, orig, tol).f1
+
+
+# ------------------------------------------------------------------------------------ register and key
+
+# C major, one bar of context before a 2-bar span: C D E F G A B C' E (9 notes, 7 classes, mean pitch 66).
+C_MAJOR_CONTEXT = notes(*[(t * 200 - BAR_44, 200, p) for t, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 64])])
+
+
+def test_register_err_known_values() -> None:
+    assert mean_pitch(MELODY) == pytest.approx(np.mean([60, 64, 62, 65, 67, 69, 67, 60, 64]))
+    assert register_err(shifted(MELODY, semitones=12), MELODY) == pytest.approx(12.0)
+    assert register_err(shifted(MELODY, semitones=-3), MELODY) == pytest.approx(3.0)
+    assert register_err(MELODY, MELODY) == 0.0
+    # Only the means count: C4 + C6 has the mean of C5.
+    assert register_err(notes((0, 1, 60), (0, 1, 84)), notes((0, 1, 72))) == 0.0
+    assert math.isnan(register_err(NoteArray.empty(), MELODY))
+    assert math.isnan(register_err(MELODY, NoteArray.empty()))
+    assert math.isnan(mean_pitch(NoteArray.empty()))
+
+
+def test_register_off12_is_more_than_an_octave_from_the_context() -> None:
+    ctx = C_MAJOR_CONTEXT
+    assert mean_pitch(ctx) == 66.0
+    at = notes((0, 480, 66), (480, 480, 67))             # mean 66.5: 0.5 from the context
+    assert register_off12(at, ctx) == 0.0
+    assert register_off12(shifted(at, semitones=11), ctx) == 0.0          # 11.5 semitones off
+    assert register_off12(shifted(at, semitones=12), ctx) == 1.0          # 12.5
+    assert register_off12(shifted(at, semitones=-12), ctx) == 0.0         # 11.5
+    assert register_off12(shifted(at, semitones=-13), ctx) == 1.0         # 12.5
+    exact = notes((0, 1, 72), (0, 1, 84))                                 # mean 78: exactly 12, not more
+    assert register_off12(exact, ctx) == 0.0
+    assert math.isnan(register_off12(NoteArray.empty(), ctx)) and math.isnan(register_off12(at, NoteArray.empty()))
+
+
+def test_key_pitch_classes_top_seven_with_ties_to_the_lower_class() -> None:
+    assert key_pitch_classes(C_MAJOR_CONTEXT).tolist() == [0, 2, 4, 5, 7, 9, 11]
+    # 8 classes used once each: the tie drops the highest class (B = 11) ...
+    eight = notes(*[(i, 1, 60 + pc) for i, pc in enumerate([0, 2, 4, 5, 7, 9, 11, 1])])
+    assert key_pitch_classes(eight).tolist() == [0, 1, 2, 4, 5, 7, 9]
+    # ... unless it is used more: counts beat the tie-break.
+    assert key_pitch_classes(NoteArray(np.append(eight.onset, 9), np.append(eight.duration, 1),
+                                       np.append(eight.pitch, 83))).tolist() == [0, 1, 2, 4, 5, 7, 11]
+    # Fewer than 7 classes used: only those (an unused class never enters the key).
+    assert key_pitch_classes(notes((0, 1, 60), (1, 1, 64), (2, 1, 67))).tolist() == [0, 4, 7]
+    assert key_pitch_classes(NoteArray.empty()).tolist() == []
+    with pytest.raises(BadRequestError, match="size"):
+        key_pitch_classes(MELODY, size=13)
+
+
+def test_out_of_key_share_known_exactly() -> None:
+    ctx = C_MAJOR_CONTEXT
+    scale = notes(*[(i * 240, 240, p) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71])])
+    assert out_of_key(scale, ctx) == 0.0
+    assert out_of_key(shifted(scale, semitones=12), ctx) == 0.0            # an octave keeps every class
+    # A semitone up (C# D# F F# G# A# C): F and C stay in C major -> 5 of 7 out.
+    assert out_of_key(shifted(scale, semitones=1), ctx) == pytest.approx(5 / 7)
+    # A tritone up (F# G# A# B C# D# F): B and F stay in -> 5 of 7 out.
+    assert out_of_key(shifted(scale, semitones=6), ctx) == pytest.approx(5 / 7)
+    # Counted by note: three F# and one C -> 3 of 4.
+    assert out_of_key(notes((0, 1, 66), (1, 1, 78), (2, 1, 54), (3, 1, 60)), ctx) == 0.75
+    assert math.isnan(out_of_key(NoteArray.empty(), ctx)) and math.isnan(out_of_key(scale, NoteArray.empty()))
+
+
+def test_score_span_pitch_measures_use_the_context_outside_the_span() -> None:
+    b = bars(BAR_44, BAR_44)
+    up = shifted(MELODY, semitones=14)                    # an octave and a tone up: D major-ish
+    s = score_span(up, MELODY, b, TPQ, context=C_MAJOR_CONTEXT)
+    assert s["register_err"] == pytest.approx(14.0)
+    assert s["onset_f1"] == 0.0 and s["onset_only_f1"] == 1.0
+    # MELODY's classes C E D F G A G C E up a tone: D F# E G A B A D F# -> the two F# are out of C major.
+    assert s["out_of_key"] == pytest.approx(2 / 9) and s["out_of_key_orig"] == 0.0
+    # Mean pitch 578/9 + 14 = 78.2 against the context's 66: more than 12 off; the original (64.2) is not.
+    assert s["register_off12"] == 1.0 and s["register_off12_orig"] == 0.0
+    # Context notes with an onset inside the span are dropped: passing the span itself changes nothing.
+    inside = NoteArray(np.append(C_MAJOR_CONTEXT.onset, [0, 960]), np.append(C_MAJOR_CONTEXT.duration, [1, 1]),
+                       np.append(C_MAJOR_CONTEXT.pitch, [30, 31]))
+    with_inside = score_span(up, MELODY, b, TPQ, context=inside)
+    for k in ("register_off12", "register_off12_orig", "out_of_key", "out_of_key_orig"):
+        assert with_inside[k] == s[k]
+    # No context: the context measures are NaN; drums: every pitch measure is NaN, rhythm still scored.
+    none = score_span(up, MELODY, b, TPQ)
+    assert math.isnan(none["out_of_key"]) and math.isnan(none["register_off12"])
+    assert none["register_err"] == pytest.approx(14.0)
+    drums = score_span(up, MELODY, b, TPQ, is_drum=True, context=C_MAJOR_CONTEXT)
+    assert all(math.isnan(drums[k]) for k in ("register_err", "register_off12", "register_off12_orig", "out_of_key",
+                                              "out_of_key_orig"))
+    assert drums["onset_only_f1"] == 1.0
+    assert HIGHER_IS_BETTER["onset_only_f1"] and not HIGHER_IS_BETTER["register_err"]
+    assert not HIGHER_IS_BETTER["register_off12"] and not HIGHER_IS_BETTER["out_of_key"]
+
+
 # --------------------------------------------------------------------------------------- empty spans
 
 
@@ -274,8 +412,12 @@ def test_empty_spans_have_defined_values() -> None:
     assert gen_empty["gs"] == 1.0
     orig_empty = score_span(MELODY, NoteArray.empty(), b, TPQ)
     assert (orig_empty["cp"], orig_empty["cp_active"], orig_empty["onset_f1"]) == (0, 0, 0)
+    # Pitch measures are NaN when a side is empty (no register or key to compare) or no context is given.
+    pitch_keys = {"register_err", "register_off12", "register_off12_orig", "out_of_key", "out_of_key_orig"}
     for s in (both, gen_empty, orig_empty):
-        assert not any(math.isnan(v) for k, v in s.items() if not k.startswith("ctrl_"))
+        assert not any(math.isnan(v) for k, v in s.items() if not k.startswith("ctrl_") and k not in pitch_keys)
+        assert math.isnan(s["register_err"]) and math.isnan(s["out_of_key"]) and math.isnan(s["register_off12"])
+    assert (both["onset_only_f1"], gen_empty["onset_only_f1"], orig_empty["onset_only_f1"]) == (1, 0, 0)
 
 
 def test_score_span_onset_metrics_use_only_onsets_inside_the_span() -> None:

@@ -255,7 +255,7 @@ def test_system_registry():
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, vocab, engine, gpt2):
-    """3 prompts x 4 systems on a token cache prepared from the fixture songs, tiny random models."""
+    """3 prompts x 5 systems on a token cache prepared from the fixture songs, tiny random models."""
     from midirwkv.data.corpora import prepare_corpus
     from midirwkv.infer import api
     from midirwkv.model.checkpoint import save_checkpoint
@@ -281,23 +281,27 @@ def test_evaluate_end_to_end_writes_everything(evaluated):
     root, _cfg, result = evaluated
     out = root / "out"
     rows = protocol.read_jsonl(out / "results.jsonl")
-    assert len(rows) == 3 * 4
-    assert {r["system"] for r in rows} == {"copy", "rwkv", "rwkv-free", "gpt2"}
+    assert len(rows) == 3 * 5
+    assert {r["system"] for r in rows} == {"copy", "random-other", "rwkv", "rwkv-free", "gpt2"}
     for r in rows:
         assert len(r["bars"]) == 2
-        assert (r["metrics"]["bits_per_note"] is None) == (r["system"] == "copy")
+        assert (r["metrics"]["bits_per_note"] is None) == (r["system"] in ("copy", "random-other"))
     for pid in ("p0000", "p0001", "p0002"):
         folder = out / "gens" / pid
-        assert {p.name for p in folder.iterdir()} == {"prompt.json", "original.mid", "copy.mid", "rwkv.mid",
-                                                      "rwkv-free.mid", "gpt2.mid"}
+        assert {p.name for p in folder.iterdir()} == {"prompt.json", "original.mid", "copy.mid", "random-other.mid",
+                                                      "rwkv.mid", "rwkv-free.mid", "gpt2.mid"}
         symusic.Score(str(folder / "rwkv.mid"))
         assert json.loads((folder / "prompt.json").read_text())["prompt"]["id"] == pid
     md = (out / "report.md").read_text()
-    assert "0.605" in md and "Primary figures" in md and "vs `copy`" in md
+    assert "0.605" in md and "Primary figures" in md and "vs `copy`" in md and "vs `random-other`" in md
     data = json.loads((out / "report.json").read_text())
     summary = data["groups"]["pitched"]["summary"]
-    assert set(summary) == {"copy", "rwkv", "rwkv-free", "gpt2"}
-    assert set(data["groups"]["pitched"]["comparisons"]) == {"copy", "rwkv-free", "gpt2"}
+    assert set(summary) == {"copy", "random-other", "rwkv", "rwkv-free", "gpt2"}
+    comparisons = data["groups"]["pitched"]["comparisons"]
+    assert set(comparisons) == {"copy", "random-other", "rwkv-free", "gpt2"}
+    for other in ("copy", "random-other"):                  # rwkv paired with both, on every metric
+        assert set(report.METRICS) <= set(comparisons[other])
+        assert comparisons[other]["onset_only_f1"]["n"] == 3
     assert result["groups"]["pitched"]["n_prompts"] == 3
     for png in data["plots"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,9 @@
 """The systems compared on the same prompts, and a registry to pick them by name.
 
 - ``copy``: the n bars just before the span, each under the span bar's own header (meter);
+- ``random-other``: n other bars of the same track, a seeded contiguous block that does not overlap the span,
+  each under the span bar's own header (plausible music of the right track, unrelated to the span: the
+  floor a model must beat to show it reads the context);
 - ``rwkv``: our model with the original bars' controls (the paper's setting);
 - ``rwkv-free``: our model with every control left free (no control token fed);
 - ``gpt2``: the GPT-2 baseline (``midirwkv train --arch gpt2``) on the same prompt layout, through the same
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +32,7 @@ from midirwkv.errors import BadRequestError, GenerationError
 
 SYSTEMS: dict[str, str] = {
     "copy": "copy the n bars before the span",
+    "random-other": "n other bars of the same track (a seeded block outside the span)",
     "rwkv": "our RWKV-7 model, controls from the original bars",
     "rwkv-free": "our RWKV-7 model, controls left free",
     "gpt2": "GPT-2 baseline, same tokens, prompt and sampling, controls from the original bars",
@@ -81,6 +86,62 @@ class CopySystem:
             if src < 0:                    # fewer than n bars before the span: repeat those that exist
                 src = src % p.start if p.start > 0 else None
             bars.append(list(header) + (list(tt.bars[src][2:]) if src is not None else []))
+        return SystemOutput(bars=bars, seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ random-other
+
+
+def other_bars(track, start: int, end: int, seed: int) -> list[int | None]:
+    """The source bar of each of the ``end - start`` span bars for the ``random-other`` system.
+
+    ``track`` is the target ``TrackTokens``. Candidates are the contiguous blocks ``[b, b + n)`` of the track
+    that do not overlap the span ``[start, end)``. One is drawn uniformly (``numpy.random.default_rng(seed)``)
+    from the best tier: blocks whose every bar has the span bar's meter and that hold a note, then blocks that
+    hold a note, then any block. (A bar body pasted under a shorter meter loses its notes past the bar end,
+    hence the meter preference.)
+
+    Fallback when no such block exists (fewer than n bars on each side of the span): the bars outside the
+    span, in order and read cyclically, so a window of n of them may jump over the span and, with fewer than
+    n outside bars in all, repeat bars; the window's first bar is drawn with the same tiers. ``None`` for
+    every bar when the span covers the whole track (the span is then left empty). Same arguments, same bars.
+    """
+    n, n_bars = end - start, len(track.bars)
+    if n < 1 or start < 0 or end > n_bars:
+        raise BadRequestError("the span must be 1 or more bars inside the track", argument="start, end",
+                              value=(start, end, n_bars), fix=f"pass 0 <= start < end <= {n_bars}")
+    rng = np.random.default_rng(seed)
+    outside = [b for b in range(n_bars) if not start <= b < end]
+    if not outside:
+        return [None] * n
+    blocks = [list(range(b, b + n)) for b in range(n_bars - n + 1) if b + n <= start or b >= end]
+    if not blocks:
+        blocks = [[outside[(k + j) % len(outside)] for j in range(n)] for k in range(len(outside))]
+    meters = [track.bars[b][:2] for b in range(start, end)]
+
+    def tier(block: list[int]) -> int:
+        notes = any((track.controls[b].density or 0) > 0 for b in block)
+        same_meter = all(track.bars[b][:2] == meters[j] for j, b in enumerate(block))
+        return 2 if notes and same_meter else 1 if notes else 0
+
+    tiers = [tier(block) for block in blocks]
+    best = [block for block, t in zip(blocks, tiers) if t == max(tiers)]
+    return list(best[int(rng.integers(len(best)))])
+
+
+class RandomOtherSystem:
+    """n other bars of the same track (:func:`other_bars`), each under the span bar's real header."""
+
+    name = "random-other"
+    model_path = None
+    vocab = None
+
+    def run(self, case, seed: int) -> SystemOutput:
+        t0 = time.perf_counter()
+        p, tt = case.prompt, case.track
+        sources = other_bars(tt, p.start, p.end, seed)
+        bars = [list(header) + (list(tt.bars[src][2:]) if src is not None else [])
+                for header, src in zip(case.headers, sources)]
         return SystemOutput(bars=bars, seconds=time.perf_counter() - t0)
 
 
@@ -353,6 +414,8 @@ def make_systems(names: Sequence[str], *, model: str | None = None, baseline_mod
     for name in names:
         if name == "copy":
             out.append(CopySystem())
+        elif name == "random-other":
+            out.append(RandomOtherSystem())
         elif name in ("rwkv", "rwkv-free"):
             out.append(RwkvSystem(engine, free=name == "rwkv-free", sample=sample, model_path=model_path))
         elif name == "gpt2":

@@ -10,10 +10,14 @@ Which notes count:
   ``[bar_ticks[0], bar_ticks[-1])`` (:func:`score_span` selects them; the single-metric functions use what
   they are given, and the grid functions ignore onsets outside the bars);
 - content preservation uses every note that *sounds* in a frame, so a note sustained into the span from
-  before counts in the frames it covers.
+  before counts in the frames it covers;
+- register and key metrics (:func:`register_err`, :func:`register_off12`, :func:`out_of_key`) also use the
+  onsets in the span, and compare the generated notes with the ORIGINAL notes of the target track in the
+  prompt's context bars (``context``, never the span itself); they are pitch measures, so NaN on drum tracks.
 
-Directions (:data:`HIGHER_IS_BETTER`): CP, CP-active, GS and onset precision/recall/F1 are better higher;
-GS gap, PCHE difference, control errors and bits per note are better lower.
+Directions (:data:`HIGHER_IS_BETTER`): CP, CP-active, GS, onset precision/recall/F1 and onset-only F1 are
+better higher; GS gap, PCHE difference, register error, register off by an octave, out-of-key share, control
+errors and bits per note are better lower.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ DURATION_FIELDS = ("dur_whole", "dur_half", "dur_quarter", "dur_eighth", "dur_si
 """Per-bar duration flags (0/1: a note of exactly this length occurs in the bar)."""
 CONTROL_FIELDS = ("density", "poly_min", "poly_max", *DURATION_FIELDS)
 """Every per-bar control scored by :func:`control_adherence`, in report order."""
+REGISTER_OFF_SEMITONES = 12
+""":func:`register_off12`: a span is off register when its mean pitch is MORE than this far from the context's."""
+KEY_SIZE = 7
+""":func:`key_pitch_classes`: the context's key is its 7 most used pitch classes (a diatonic scale's size)."""
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "cp": True,
@@ -53,11 +61,16 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "onset_precision": True,
     "onset_recall": True,
     "onset_f1": True,
+    "onset_only_f1": True,
+    "register_err": False,
+    "register_off12": False,
+    "out_of_key": False,
     "bits_per_note": False,
     **{f"ctrl_{name}_err": False for name in (*CONTROL_FIELDS, "dur", "all")},
 }
 """Direction of every comparative key of :func:`score_span` (plus ``bits_per_note``): True = higher is better.
-Descriptive keys (``gs_orig``, ``pch_entropy``, ``n_notes`` ...) have no direction and are not listed."""
+Descriptive keys (``gs_orig``, ``pch_entropy``, ``n_notes``, ``out_of_key_orig`` ...) have no direction and are not
+listed."""
 
 
 # ----------------------------------------------------------------------------------------------- notes
@@ -386,6 +399,28 @@ def _match_sorted(a: np.ndarray, b: np.ndarray, tol: float) -> int:
     return matched
 
 
+def _onset_scores(gen: NoteInput, orig: NoteInput, tolerance_ticks: float, by_pitch: bool) -> OnsetScores:
+    """Precision / recall / F1 of a maximum one-to-one onset matching, within each pitch or over all notes."""
+    gen, orig = as_note_array(gen), as_note_array(orig)
+    if tolerance_ticks < 0 or not math.isfinite(tolerance_ticks):
+        raise BadRequestError("tolerance_ticks must be a finite number >= 0", argument="tolerance_ticks",
+                              value=tolerance_ticks, fix="pass tpq / 8 for the paper's 32nd-note tolerance")
+    if len(gen) == 0 and len(orig) == 0:
+        return OnsetScores(1.0, 1.0, 1.0, 0)
+    if len(gen) == 0 or len(orig) == 0:
+        return OnsetScores(0.0, 0.0, 0.0, 0)
+    if by_pitch:
+        matched = 0
+        for pitch in np.intersect1d(gen.pitch, orig.pitch):
+            matched += _match_sorted(np.sort(gen.onset[gen.pitch == pitch]),
+                                     np.sort(orig.onset[orig.pitch == pitch]), tolerance_ticks)
+    else:
+        matched = _match_sorted(np.sort(gen.onset), np.sort(orig.onset), tolerance_ticks)
+    precision, recall = matched / len(gen), matched / len(orig)
+    f1 = 0.0 if matched == 0 else 2 * precision * recall / (precision + recall)
+    return OnsetScores(precision, recall, f1, matched)
+
+
 def onset_f1(gen: NoteInput, orig: NoteInput, tolerance_ticks: float) -> OnsetScores:
     """Onset precision / recall / F1 of generated notes against original notes, higher is better.
 
@@ -395,21 +430,78 @@ def onset_f1(gen: NoteInput, orig: NoteInput, tolerance_ticks: float) -> OnsetSc
     ``precision = matched / n_generated``, ``recall = matched / n_original``, F1 their harmonic mean.
     Empty sides: both empty gives 1, 1, 1 (nothing missed, nothing invented); exactly one empty gives 0, 0, 0.
     """
-    gen, orig = as_note_array(gen), as_note_array(orig)
-    if tolerance_ticks < 0 or not math.isfinite(tolerance_ticks):
-        raise BadRequestError("tolerance_ticks must be a finite number >= 0", argument="tolerance_ticks",
-                              value=tolerance_ticks, fix="pass tpq / 8 for the paper's 32nd-note tolerance")
-    if len(gen) == 0 and len(orig) == 0:
-        return OnsetScores(1.0, 1.0, 1.0, 0)
-    if len(gen) == 0 or len(orig) == 0:
-        return OnsetScores(0.0, 0.0, 0.0, 0)
-    matched = 0
-    for pitch in np.intersect1d(gen.pitch, orig.pitch):
-        matched += _match_sorted(np.sort(gen.onset[gen.pitch == pitch]), np.sort(orig.onset[orig.pitch == pitch]),
-                                 tolerance_ticks)
-    precision, recall = matched / len(gen), matched / len(orig)
-    f1 = 0.0 if matched == 0 else 2 * precision * recall / (precision + recall)
-    return OnsetScores(precision, recall, f1, matched)
+    return _onset_scores(gen, orig, tolerance_ticks, by_pitch=True)
+
+
+def onset_only_f1(gen: NoteInput, orig: NoteInput, tolerance_ticks: float) -> OnsetScores:
+    """Rhythm only: :func:`onset_f1` with pitch ignored, higher is better.
+
+    A generated and an original note match when their onsets are at most ``tolerance_ticks`` apart, whatever
+    their pitches; the matching is still one-to-one and maximum, note by note, so a 3-note chord against a
+    single note at the same onset matches once (precision 1/3, recall 1). Same empty-side values as
+    :func:`onset_f1`. Never below :func:`onset_f1` of the same notes (every same-pitch match is a match here).
+    """
+    return _onset_scores(gen, orig, tolerance_ticks, by_pitch=False)
+
+
+# ------------------------------------------------------------------------------------------ register and key
+
+
+def mean_pitch(notes: NoteInput) -> float:
+    """Mean MIDI pitch of the notes (each note counts once); NaN when there are none."""
+    notes = as_note_array(notes)
+    return float(notes.pitch.mean()) if len(notes) else math.nan
+
+
+def register_err(gen: NoteInput, orig: NoteInput) -> float:
+    """Register error ``|mean pitch(generated) - mean pitch(original)|`` in semitones, lower is better.
+
+    NaN when either side has no notes (no register to compare). A span transposed by an octave scores 12.
+    """
+    return abs(mean_pitch(gen) - mean_pitch(orig))
+
+
+def register_off12(gen: NoteInput, context: NoteInput) -> float:
+    """1.0 when the generated notes' mean pitch is more than :data:`REGISTER_OFF_SEMITONES` (12) semitones from
+    the mean pitch of the track's context notes, else 0.0; lower is better.
+
+    ``context``: the original notes of the same track around the span (not the span itself). Its mean over
+    prompts is the share of spans more than an octave off the track's register. Exactly 12 apart is not off.
+    NaN when either side has no notes.
+    """
+    gap = abs(mean_pitch(gen) - mean_pitch(context))
+    if math.isnan(gap):
+        return math.nan
+    return 1.0 if gap > REGISTER_OFF_SEMITONES else 0.0
+
+
+def key_pitch_classes(context: NoteInput, size: int = KEY_SIZE) -> np.ndarray:
+    """The ``size`` (7) most used pitch classes of ``context`` (counted note by note), sorted ascending.
+
+    Ties are broken toward the lower pitch class (C = 0 first), so the set is deterministic. Only classes
+    used at least once count: a context with fewer distinct classes gives all of them (never an unused one).
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 12:
+        raise BadRequestError("size must be an integer in 1..12", argument="size", value=size,
+                              fix=f"pass {KEY_SIZE} (a diatonic scale)")
+    hist = pitch_class_histogram(context)
+    order = np.lexsort((np.arange(12), -hist))          # most used first, then the lower class
+    chosen = [int(pc) for pc in order[:size] if hist[pc] > 0]
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def out_of_key(gen: NoteInput, context: NoteInput) -> float:
+    """Share of generated notes whose pitch class is not among :func:`key_pitch_classes` of ``context``, in
+    [0, 1], lower is better.
+
+    Counted note by note (a repeated out-of-key pitch counts each time). ``context``: the original notes of the
+    same track around the span. NaN when either side has no notes.
+    """
+    gen, context = as_note_array(gen), as_note_array(context)
+    if len(gen) == 0 or len(context) == 0:
+        return math.nan
+    key = key_pitch_classes(context)
+    return float(np.mean(~np.isin(gen.pitch % 12, key)))
 
 
 # ------------------------------------------------------------------------------------ control adherence
@@ -517,7 +609,8 @@ def bits_per_note(total_nll_nats: float, n_notes: int) -> float:
 
 def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.ndarray, tpq: int,
                requested_controls: Sequence[Any] | None = None,
-               measured_controls: Sequence[Any] | None = None, is_drum: bool = False) -> dict[str, float]:
+               measured_controls: Sequence[Any] | None = None, is_drum: bool = False,
+               context: NoteInput | None = None) -> dict[str, float]:
     """Every metric of one infilled span, generated (``gen``) against original (``orig``), in one flat dict.
 
     Both note sets are in the same ticks (``tpq`` ticks per quarter); ``bar_ticks`` holds the n_bars + 1 span
@@ -530,12 +623,21 @@ def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
       (NaN for a 1-bar span);
     - ``pch_entropy``, ``pch_entropy_orig``, ``pche_diff``: :func:`pch_entropy` of each side, the difference;
     - ``onset_precision``, ``onset_recall``, ``onset_f1``: :func:`onset_f1` with a 32nd-note tolerance;
+    - ``onset_only_f1``: :func:`onset_only_f1` (pitch ignored), same tolerance;
+    - ``register_err``: :func:`register_err` (NaN when a side is empty);
+    - ``register_off12``, ``out_of_key``: :func:`register_off12` and :func:`out_of_key` of the generated notes
+      against ``context``; ``register_off12_orig``, ``out_of_key_orig``: the same for the original notes (what
+      the music itself does: real spans also leave the context's seven classes). NaN without context notes
+      or without notes on the scored side;
     - ``ctrl_<field>_err`` for each of :data:`CONTROL_FIELDS`, ``ctrl_dur_err``, ``ctrl_all_err``: means of
       :func:`control_adherence`; NaN when no controls were requested or the field was never requested.
 
     ``requested_controls`` holds one entry per span bar (e.g. the original bars' ``BarControls``);
     ``measured_controls`` defaults to :func:`measure_bar_controls` of ``gen`` (``is_drum``: density only).
-    Empty sides never raise: see each metric for its defined value.
+    ``context``: the ORIGINAL notes of the target track in the prompt's context bars; notes with an onset
+    inside the span are dropped from it, so the whole context window may be passed. None: no context (the
+    context metrics are NaN). ``is_drum``: the pitch measures (``register_*``, ``out_of_key*``) are NaN,
+    a drum "pitch" being an instrument. Empty sides never raise: see each metric for its defined value.
     """
     bars = _check_bars(bar_ticks)
     tpq = _check_tpq(tpq)
@@ -545,6 +647,10 @@ def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
     gs, gs_orig = groove_similarity(gen_in, bars, tpq), groove_similarity(orig_in, bars, tpq)
     h, h_orig = pch_entropy(gen_in), pch_entropy(orig_in)
     onsets = onset_f1(gen_in, orig_in, tpq / GRID_CELLS_PER_QUARTER)
+    rhythm = onset_only_f1(gen_in, orig_in, tpq / GRID_CELLS_PER_QUARTER)
+    ctx = as_note_array(context) if context is not None else NoteArray.empty()
+    outside = (ctx.onset < bars[0]) | (ctx.onset >= bars[-1])
+    ctx = NoteArray(ctx.onset[outside], ctx.duration[outside], ctx.pitch[outside])
     out: dict[str, float] = {
         "n_bars": len(bars) - 1,
         "n_notes": len(gen_in),
@@ -560,6 +666,12 @@ def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
         "onset_precision": onsets.precision,
         "onset_recall": onsets.recall,
         "onset_f1": onsets.f1,
+        "onset_only_f1": rhythm.f1,
+        "register_err": math.nan if is_drum else register_err(gen_in, orig_in),
+        "register_off12": math.nan if is_drum else register_off12(gen_in, ctx),
+        "register_off12_orig": math.nan if is_drum else register_off12(orig_in, ctx),
+        "out_of_key": math.nan if is_drum else out_of_key(gen_in, ctx),
+        "out_of_key_orig": math.nan if is_drum else out_of_key(orig_in, ctx),
     }
     means: dict[str, float] = {}
     if requested_controls is not None:

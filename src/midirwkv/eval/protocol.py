@@ -13,7 +13,8 @@ Scoring (:func:`score_bars`) is on the tokenizer's grid on both sides: the origi
 system's span are decoded from base ids with the same decoder, in the file's ticks, together with the
 :data:`LEAD_IN_BARS` bars before the span (identical on both sides) so a note sustained into the span
 counts in content preservation. So an exact copy of the original tokens scores perfectly, whatever the
-file's own timing resolution.
+file's own timing resolution. The register and key metrics also get the target track's ORIGINAL notes in
+the prompt's context window outside the span (:meth:`EvalCase.context_notes`), decoded the same way.
 
 :func:`evaluate` runs the whole protocol into one output folder (resumable, every file written
 atomically): ``settings.json``, ``prompts.jsonl``, ``results.jsonl`` (one line per prompt and system, with
@@ -358,6 +359,30 @@ class EvalCase:
         """The span's n + 1 bar boundaries in the file's ticks."""
         return list(self.st.bar_ticks[self.prompt.start:self.prompt.end + 1])
 
+    @property
+    def window(self) -> tuple[int, int]:
+        """The prompt's context window in bars ``[lo, hi)``: ``context`` bars each side of the span, cut at the
+        file's ends (``build_prompt`` may use fewer when the prompt passes its token budget)."""
+        p = self.prompt
+        return max(0, p.start - p.context), min(self.st.n_bars, p.end + p.context)
+
+    def context_notes(self) -> NoteArray:
+        """The ORIGINAL notes of the target track in the context window's bars outside the span, in the file's
+        ticks (notes with an onset inside the span are not included; a context note may sound into it)."""
+        from midirwkv.music.remi import decode_bar_tokens
+
+        key = "context-notes"
+        if key not in self.shared:
+            p, tt, st = self.prompt, self.track, self.st
+            lo, hi = self.window
+            bars = [list(tt.bars[b]) for b in range(lo, hi)]
+            notes = NoteArray.from_notes(decode_bar_tokens(bars, st.bar_ticks[lo:hi + 1], st.tpq, tt.is_drum,
+                                                           self.vocab))
+            span_lo, span_hi = st.bar_ticks[p.start], st.bar_ticks[p.end]
+            outside = (notes.onset < span_lo) | (notes.onset >= span_hi)
+            self.shared[key] = NoteArray(notes.onset[outside], notes.duration[outside], notes.pitch[outside])
+        return self.shared[key]
+
 
 def load_case(files: SplitFiles, prompt: EvalPrompt, vocab: Any) -> EvalCase:
     """The :class:`EvalCase` of ``prompt`` (checks the file still matches the prompt)."""
@@ -370,10 +395,11 @@ def load_case(files: SplitFiles, prompt: EvalPrompt, vocab: Any) -> EvalCase:
 
 
 def score_bars(case: EvalCase, bars: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Every span metric of ``bars`` (base ids per span bar) against the original span of ``case``."""
+    """Every span metric of ``bars`` (base ids per span bar) against the original span of ``case``, with the
+    target track's original context notes (:meth:`EvalCase.context_notes`) for the register and key metrics."""
     gen, orig = case.notes(bars), case.notes(case.original_bars)
     return score_span(gen, orig, case.span_ticks, case.st.tpq, requested_controls=case.controls,
-                      is_drum=case.track.is_drum)
+                      is_drum=case.track.is_drum, context=case.context_notes())
 
 
 # --------------------------------------------------------------------------------------------------- MIDI
@@ -421,7 +447,7 @@ def window_score(case: EvalCase, span_bars: Sequence[Sequence[int]] | None = Non
     from midirwkv.music.remi import decode_bar_tokens
 
     p, st, vocab = case.prompt, case.st, case.vocab
-    lo, hi = max(0, p.start - p.context), min(st.n_bars, p.end + p.context)
+    lo, hi = case.window
     offset = st.bar_ticks[lo]
     score = symusic.Score(int(st.tpq))
     for b in range(lo, hi):
@@ -453,7 +479,7 @@ def window_info(case: EvalCase) -> dict:
     """The window of the saved MIDI (bars) and what a piano roll of the target track needs: the bars around
     the span (base ids), their boundaries relative to the window's start, and ticks per quarter."""
     p, st, tt = case.prompt, case.st, case.track
-    lo, hi = max(0, p.start - p.context), min(st.n_bars, p.end + p.context)
+    lo, hi = case.window
     offset = st.bar_ticks[lo]
     r_lo, r_hi = max(0, p.start - ROLL_MARGIN_BARS), min(st.n_bars, p.end + ROLL_MARGIN_BARS)
     return {"window_bars": [lo, hi], "tpq": int(st.tpq),
@@ -548,7 +574,7 @@ class EvalConfig:
     """Output folder (resumable: rerun with the same settings to finish or add systems)."""
     split: str = "test"
     """Split of the data: train, valid, test (or ``all`` for MIDI sources)."""
-    systems: tuple[str, ...] = ("copy", "rwkv", "rwkv-free", "gpt2")
+    systems: tuple[str, ...] = ("copy", "random-other", "rwkv", "rwkv-free", "gpt2")
     """Systems to run (``eval.baselines.SYSTEMS``)."""
     model: str | None = None
     """RWKV checkpoint folder (None: the shipped default model)."""
@@ -603,7 +629,9 @@ def _check_settings(out: Path, cfg: EvalConfig, system_models: dict[str, str | N
     settings = {"protocol": cfg.protocol(), "sample": cfg.sample.to_dict(), "systems": {}}
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("protocol") != settings["protocol"] or old.get("sample") != settings["sample"]:
+        # sampling settings saved before a SampleConfig field existed read as that field's default
+        old_sample = SampleConfig.from_dict(old["sample"]).to_dict() if isinstance(old.get("sample"), dict) else None
+        if old.get("protocol") != settings["protocol"] or old_sample != settings["sample"]:
             diff = sorted(k for k in settings["protocol"] if old.get("protocol", {}).get(k) != settings["protocol"][k])
             raise BadRequestError("the output folder holds a run with other settings", argument="--output",
                                   value={"folder": str(out), "differs": diff or ["sampling"]},

@@ -2,10 +2,11 @@
 
 Per group (``pitched``, ``drums``; drum tracks are reported apart), per system and metric: mean, std and a
 bootstrap 95% interval of the mean; paired comparisons (Wilcoxon signed-rank p, Cohen's d, bootstrap CI of
-the mean difference) of our model (``rwkv``) against every other system on the same prompts. The primary
-figures are the metrics that separate systems (issue 6 item 6): CP over active frames, onset F1,
-|GS - GS of the original| and bits per note; the paper's CP, GS and PCHE difference follow, with the
-paper's 4-bar figures beside ours.
+the mean difference) of our model (``rwkv``) against every other system on the same prompts (``copy`` and
+``random-other`` included). The primary figures are the metrics that separate systems (issue 6 item 6): CP
+over active frames, onset F1, |GS - GS of the original| and bits per note; the paper's CP, GS and PCHE
+difference follow, with the paper's 4-bar figures beside ours; then rhythm, register and key (issue 13):
+onset-only F1, register error, the share of spans an octave off the track's register and the out-of-key share.
 """
 
 from __future__ import annotations
@@ -29,17 +30,23 @@ PAPER_METRICS = ("cp", "gs", "pche_diff")
 """The paper's three metrics."""
 PAPER_4BAR = {"cp": (0.605, 0.243), "gs": (0.939, 0.069), "pche_diff": (0.405, 0.399)}
 """The paper's 4-bar figures for MIDI-RWKV (mean, std)."""
+MUSIC_METRICS = ("onset_only_f1", "register_err", "register_off12", "out_of_key")
+"""Rhythm, register and key (pitch measures are n/a on drum tracks)."""
 CONTROL_METRICS = tuple(f"ctrl_{f}_err" for f in (*CONTROL_FIELDS, "dur", "all"))
 """Control adherence: mean absolute error per field, all duration flags together, everything together."""
-METRICS = (*PRIMARY, *PAPER_METRICS, "onset_precision", "onset_recall", *CONTROL_METRICS)
+METRICS = (*PRIMARY, *PAPER_METRICS, *MUSIC_METRICS, "onset_precision", "onset_recall", *CONTROL_METRICS)
 """Every comparative metric summarised and compared."""
-DESCRIPTIVE = ("gs_orig", "pch_entropy", "pch_entropy_orig", "n_notes", "n_notes_orig")
+DESCRIPTIVE = ("gs_orig", "pch_entropy", "pch_entropy_orig", "n_notes", "n_notes_orig", "register_off12_orig",
+               "out_of_key_orig")
 """Summarised without a direction (what the original and the outputs look like)."""
 LABELS = {
     "cp": "CP", "cp_active": "CP active", "gs": "GS", "gs_gap": "|GS - GS orig|", "gs_orig": "GS of original",
     "pche_diff": "PCHE diff", "onset_f1": "onset F1", "onset_precision": "onset precision",
     "onset_recall": "onset recall", "bits_per_note": "bits/note", "n_notes": "notes", "n_notes_orig": "notes (orig)",
     "pch_entropy": "PCH entropy", "pch_entropy_orig": "PCH entropy (orig)",
+    "onset_only_f1": "onset-only F1", "register_err": "register err (semitones)",
+    "register_off12": "off register > 12", "register_off12_orig": "off register > 12 (orig)",
+    "out_of_key": "out of key", "out_of_key_orig": "out of key (orig)",
     **{f"ctrl_{f}_err": f"{f.replace('dur_', '')} err" for f in (*CONTROL_FIELDS, "dur", "all")},
 }
 GROUPS = ("pitched", "drums")
@@ -189,6 +196,18 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         if bars != 4 and group == "pitched":
             lines += [f"The paper's figures are for 4-bar spans; these spans are {bars} bars.", ""]
         lines += ["GS is not better when higher: real music's own GS is the reference (|GS - GS orig| above).", ""]
+        lines += ["### Rhythm, register and key", ""]
+        header = ["system", *(LABELS[m] + _arrow(m) for m in MUSIC_METRICS)]
+        rows = [[f"`{s}`", *(_cell(g["summary"][s][m]) for m in MUSIC_METRICS)] for s in systems]
+        orig = g["summary"][systems[0]]
+        rows.append(["original", "1 (itself)", "n/a" if group == "drums" else "0 (itself)",
+                     _cell(orig["register_off12_orig"]), _cell(orig["out_of_key_orig"])])
+        lines += _table(header, rows) + [""]
+        lines += ["Onset-only F1 is onset F1 with pitch ignored (32nd-note tolerance). Register error: |mean pitch "
+                  "of the span - mean pitch of the original span|. Off register: share of spans whose mean pitch "
+                  "is more than 12 semitones from the mean of the track's own context bars. Out of key: share of "
+                  "the span's notes outside the 7 most used pitch classes of those context bars. The original's "
+                  "row is the music's own value (pitch measures are n/a on drums).", ""]
         if g["comparisons"]:
             ref = report["targets"].get("reference")
             lines += [f"### `{ref}` against each system (paired, same prompts)", "",
@@ -389,6 +408,11 @@ def write_report(out: str | Path, rows: Sequence[dict], prompts: Sequence[Any], 
             p = fn(rows, plots_dir / f"{stem}_{group}.png", group=group)
             if p is not None:
                 made.append(f"plots/{p.name}")
+        # register_off12 is 0/1 per prompt: its mean (the table) says all, a box plot would not
+        metrics = ("onset_only_f1",) if group == "drums" else ("onset_only_f1", "register_err", "out_of_key")
+        p = plot_distributions(rows, plots_dir / f"rhythm_register_key_{group}.png", group=group, metrics=metrics)
+        if p is not None:
+            made.append(f"plots/{p.name}")
     systems = list(report["systems"])
     pitched = [pid for pid in ids if any(r["prompt"] == pid and r["group"] == "pitched" for r in rows)]
     if n_piano_rolls > 0:
