@@ -51,6 +51,21 @@ GRID: list[tuple[str, dict]] = [
                                       keep_key=1.0, keep_register=1.0)),
     ("T1.0 k20 p.95 key2 reg2", dict(temperature=1.0, repetition_penalty=1.0, top_k=20, top_p=0.95, keep_key=2.0,
                                      keep_register=2.0)),
+    # added after the first run: the prior with the penalty kept (which holds the pitch variety up)
+    ("T1.0 k20 p.95 reg1", dict(temperature=1.0, repetition_penalty=1.0, top_k=20, top_p=0.95, keep_register=1.0)),
+    ("T0.85 k20 p.95 reg1", dict(temperature=0.85, repetition_penalty=1.0, top_k=20, top_p=0.95, keep_register=1.0)),
+    ("paper + reg1", dict(temperature=1.0, repetition_penalty=1.2, top_k=20, top_p=0.95, keep_register=1.0)),
+    ("paper + key1 reg1", dict(temperature=1.0, repetition_penalty=1.2, top_k=20, top_p=0.95, keep_key=1.0,
+                               keep_register=1.0)),
+    ("T0.85 rp1.2 k20 p.95 reg1", dict(temperature=0.85, repetition_penalty=1.2, top_k=20, top_p=0.95,
+                                       keep_register=1.0)),
+    ("T0.85 rp1.2 k20 p.95 key1 reg1", dict(temperature=0.85, repetition_penalty=1.2, top_k=20, top_p=0.95,
+                                            keep_key=1.0, keep_register=1.0)),
+    ("T0.7 rp1.2 k5 reg1", dict(temperature=0.7, repetition_penalty=1.2, top_k=5, top_p=1.0, keep_register=1.0)),
+    ("T0.7 rp1.2 k5 key1 reg1", dict(temperature=0.7, repetition_penalty=1.2, top_k=5, top_p=1.0, keep_key=1.0,
+                                     keep_register=1.0)),
+    ("T0.7 rp1.1 k5 key1 reg1", dict(temperature=0.7, repetition_penalty=1.1, top_k=5, top_p=1.0, keep_key=1.0,
+                                     keep_register=1.0)),
 ]
 BASELINES = ("copy", "random-other")
 TABLE = ("onset_f1", "onset_only_f1", "cp", "gs_gap", "pche_diff", "register_err", "register_off12", "out_of_key",
@@ -88,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default="", help="comma list of grid labels to run (default: all)")
+    p.add_argument("--layout", choices=("target_last", "file_order"),
+                   help="prompt in this layout instead of the one the checkpoint records (to measure a layout "
+                        "on a model trained with another)")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
 
@@ -98,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     engine = load_engine(args.model, threads=args.threads)
+    if args.layout:
+        import dataclasses
+        meta = dict(engine.meta)
+        meta["train_config"] = {**(meta.get("train_config") or {}), "prompt_layout": args.layout}
+        engine = dataclasses.replace(engine, meta=meta)        # a copy: the cached engine keeps its own meta
     grid = [(label, kw) for label, kw in GRID if not args.only or label in args.only.split(",")]
     fields = set(SampleConfig.__dataclass_fields__)
     for label, kw in grid:

@@ -136,3 +136,37 @@ def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mid"]
     with pytest.raises(BadRequestError, match="folder"):
         api.write_atomic(b"x", tmp_path / "missing" / "out.mid")
+
+
+def test_sampling_flags_default_to_sample_config_and_reach_it():
+    from midirwkv.config import SampleConfig
+
+    parser = cli.build_parser()
+    fields = ("temperature", "repetition_penalty", "top_k", "top_p", "min_prob", "keep_key", "keep_register")
+    for argv in (["infill", "in.mid"], ["evaluate", "-o", "out"]):
+        assert cli._sample_config(parser.parse_args(argv)) == SampleConfig()
+    args = parser.parse_args(["infill", "in.mid", "--keep-key", "1.5", "--keep-register", "3", "--top-k=4"])
+    cfg = cli._sample_config(args)
+    assert (cfg.keep_key, cfg.keep_register, cfg.top_k) == (1.5, 3.0, 4)
+    args = parser.parse_args(["evaluate", "-o", "out", "--keep-key", "0.5", "--keep-register", "2"])
+    assert (cli._sample_config(args).keep_key, cli._sample_config(args).keep_register) == (0.5, 2.0)
+    assert all(hasattr(args, f) for f in fields)
+    help_text = parser._subparsers._group_actions[0].choices["infill"].format_help()
+    assert "--keep-key" in help_text and "--keep-register" in help_text
+    assert not hasattr(parser.parse_args(["add-track", "in.mid", "--program", "0"]), "keep_key")
+
+
+@pytest.mark.parametrize("flag", ["--keep-key", "--keep-register"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "abc"])
+def test_bad_pitch_prior_strength_is_one_line_error(tmp_path, capsys, flag, value):
+    src = tmp_path / "in.mid"
+    src.write_bytes(b"MThd")
+    try:                                  # argparse rejects a non-number itself, SampleConfig the rest
+        code = cli.main(["infill", str(src), "--track", "0", "--bars", "1-2", f"{flag}={value}", "-o",
+                         str(tmp_path / "o.mid")])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert flag in err or flag[2:].replace("-", "_") in err, err
+    assert not (tmp_path / "o.mid").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,17 @@ def test_long_context_prompt_over_8192_tokens_with_flat_memory(model, vocab, gra
         [t.shape for t in (short.att_x, short.ffn_x, short.wkv)]               # the state does not grow
     (out,) = session.generate(1, FAST, seed=0)
     assert len(out.bars) == 2
+
+
+def test_pitch_prior_strength_zero_samples_bit_identically(model, vocab, song, grammar):
+    _, st = song
+    _, prompt, session = session_for(model, vocab, st, grammar, 4, 6)
+    assert prompt.context_pitches and session.context_pitches == prompt.context_pitches
+    off = replace(FAST, keep_key=0.0, keep_register=0.0)
+    with_prior_off = [o.tokens for o in session.generate(3, off, seed=21)]
+    session.context_pitches = []                         # the loop as it was before the prior existed
+    old = [o.tokens for o in session.generate(3, FAST, seed=21)]
+    assert with_prior_off == old
+    session.context_pitches = list(prompt.context_pitches)
+    strong = [o.tokens for o in session.generate(3, replace(FAST, keep_register=3.0), seed=21)]
+    assert strong != old

@@ -206,3 +206,16 @@ def test_a_new_note_never_cuts_a_held_note_from_before_the_span_after_writing_mi
     def outside(s):
         return sorted((n.time, n.duration, n.pitch, n.velocity) for n in s.tracks[2].notes if not t0 <= n.time < t1)
     assert outside(back) == outside(score)
+
+
+def test_prompt_context_pitches_are_the_target_tracks_context_notes(vocab):
+    _, st = load(vocab, FIXTURES / "synthetic" / "meters.mid")
+    piano, drums = st.tracks
+    p = build_prompt(vocab, st, InfillRequest(track=piano.index, start=4, end=8, context_bars=1))
+    pitch_of = {vocab.id(f"Pitch_{k}"): k for k in range(21, 109)}
+    expect = [pitch_of[i] for b in (3, 8) for i in piano.bars[b] if i in pitch_of]   # window (3, 9), no span
+    assert expect and p.context_pitches == expect
+    no_context = InfillRequest(track=piano.index, start=4, end=8, context_bars=0)
+    assert build_prompt(vocab, st, no_context).context_pitches == []
+    drum_req = InfillRequest(track=drums.index, start=4, end=8, context_bars=1)
+    assert build_prompt(vocab, st, drum_req).context_pitches == []

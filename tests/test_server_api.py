@@ -368,3 +368,32 @@ def test_add_track_bad_input_gives_clear_4xx(client):
         assert body["argument"] == argument and body["message"] and body["fix"], (change, body)
     spec = client.get("/openapi.json").json()
     assert "/api/uploads/{upload_id}/add-track" in spec["paths"] and "AddTrackIn" in spec["components"]["schemas"]
+
+
+def test_defaults_endpoint_serves_sample_config_and_the_schema_bounds(client):
+    from midirwkv.config import SampleConfig
+
+    d = client.get("/api/defaults").json()
+    cfg = SampleConfig()
+    assert d["sampling"] == {name: getattr(cfg, name) for name in d["sampling"]}
+    names = {"temperature", "top_k", "top_p", "repetition_penalty", "min_prob", "keep_key", "keep_register"}
+    assert names <= set(d["sampling"])
+    assert d["ranges"]["keep_key"] == {"min": 0, "max": 10, "min_exclusive": False, "max_exclusive": False}
+    assert d["ranges"]["temperature"]["min_exclusive"] is True
+    page = client.get("/").text
+    assert 'data-sampling="keep_key"' in page and 'data-sampling="keep_register"' in page
+    assert 'value="0.95"' not in page and 'value="1.0"' not in page      # the page asks the server
+
+
+def test_pitch_prior_settings_are_accepted_and_checked(client):
+    uid = upload(client)["upload_id"]
+    prior = {"keep_key": 1.5, "keep_register": 2}
+    job = wait(client, uid, infill(client, uid, seed=3, sampling=FAST | prior))
+    assert job["status"] == "done", job
+    assert job["request"]["sampling"]["keep_key"] == 1.5 and job["request"]["sampling"]["keep_register"] == 2
+    for bad in (-1, "abc", 11, "nan", "inf"):
+        for field in ("keep_key", "keep_register"):
+            r = client.post(f"/api/uploads/{uid}/infill",
+                            json={"track": 0, "first_bar": 5, "last_bar": 6, "sampling": {field: bad}})
+            assert r.status_code == 422, (field, bad, r.text)
+            assert r.json()["argument"] == f"sampling.{field}" and r.json()["fix"], r.json()

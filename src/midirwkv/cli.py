@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from midirwkv import __version__
+from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.infer.api import parse_bar_ranges, parse_durations, parse_int_range
 from midirwkv.infer.style import parse_style_args
@@ -78,16 +79,34 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "for a blend, e.g. --style a.safetensors:0.7 --style b.safetensors:0.3")
 
 
-def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+def _add_sample_flags(g, pitch_prior: bool = False) -> None:
+    """Sampling flags of ``infill``, ``add-track`` and ``evaluate``; the defaults are ``SampleConfig``'s."""
+    d = SampleConfig()
+    g.add_argument("--temperature", type=float, default=d.temperature, help=f"default {d.temperature:g}")
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help=f"default {d.repetition_penalty:g}")
+    g.add_argument("--top-k", type=int, default=d.top_k, help=f"default {d.top_k} (0 = off)")
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p:g} (1 = off)")
+    g.add_argument("--min-prob", type=float, default=d.min_prob,
+                   help=f"probability floor, default {d.min_prob:g} (0 = off)")
+    g.add_argument("--repetition-spare", action=argparse.BooleanOptionalAction, default=d.repetition_spare,
+                   help="spare positions, pitches and durations from the repetition penalty (loops repeat them)"
+                        f" (default {'on' if d.repetition_spare else 'off'})")
+    if pitch_prior:
+        g.add_argument("--keep-key", type=float, default=d.keep_key, metavar="S",
+                       help="pull the filled notes toward the pitch classes (key) of the track's own "
+                            f"context bars with strength S, e.g. 1 (default {d.keep_key:g} = off)")
+        g.add_argument("--keep-register", type=float, default=d.keep_register, metavar="S",
+                       help="pull the filled notes toward the pitch range (register) of the track's own "
+                            f"context bars with strength S, e.g. 1 (default {d.keep_register:g} = off)")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser, pitch_prior: bool = False) -> None:
     g = p.add_argument_group("sampling (paper defaults)")
     g.add_argument("--variations", type=int, default=1, metavar="K", help="how many results (sampled as one batch)")
     g.add_argument("--seed", type=int, metavar="S", help="random seed; variation i uses S+i (default: random)")
-    g.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
-    g.add_argument("--repetition-penalty", type=float, default=1.2, help="default 1.2")
-    g.add_argument("--top-k", type=int, default=20, help="default 20 (0 = off)")
-    g.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (1 = off)")
-    g.add_argument("--min-prob", type=float, default=9e-4, help="probability floor, default 9e-4 (0 = off)")
-    g.add_argument("--control-retries", type=int, default=0, metavar="N",
+    _add_sample_flags(g, pitch_prior)
+    g.add_argument("--control-retries", type=int, default=SampleConfig().control_retries, metavar="N",
                    help="re-sample each bar that misses its controls up to N times (default 0)")
 
 
@@ -124,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.mid", help="output file (default: IN_infill_bars<A-B>.mid)")
     p.add_argument("--report", metavar="REPORT.json", help="also write the per-bar control report as JSON")
     _add_control_options(p)
-    _add_sampling_options(p)
+    _add_sampling_options(p, pitch_prior=True)
     _add_model_options(p)
     p.set_defaults(func=cmd_infill)
 
@@ -199,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="JSON", help="TrainConfig fields as JSON; flags given here override it")
     p.add_argument("--tokenizer", metavar="JSON", help="tokenizer the model uses (default: the shipped one)")
     p.add_argument("--init-from", metavar="DIR", help="checkpoint folder whose weights start a new run")
-    p.add_argument("--layers", type=int, help="model depth (default: the paper's 12)")
+    p.add_argument("--layers", type=int, help="model depth (default: the paper's 12); with --init-from, a "
+                   "deeper model grown from the checkpoint's layers (new layers start as exact no-ops)")
     p.add_argument("--width", type=int, help="model width (default: the paper's 384)")
     p.add_argument("--head-size", type=int, help="channels per head (default 64)")
     p.add_argument("--lora-dim", type=int, metavar="N",
@@ -260,11 +280,14 @@ def _input_path(text: str) -> Path:
     return path
 
 
-def _sample_config(args: argparse.Namespace):
-    from midirwkv.config import SampleConfig
+SAMPLE_FLAGS = ("temperature", "repetition_penalty", "top_k", "top_p", "min_prob", "control_retries",
+                "keep_key", "keep_register", "repetition_spare")
+"""``SampleConfig`` fields a command may take as flags (``--top-k`` ...); the rest keep their defaults."""
 
-    return SampleConfig(temperature=args.temperature, repetition_penalty=args.repetition_penalty, top_k=args.top_k,
-                        top_p=args.top_p, min_prob=args.min_prob, control_retries=args.control_retries)
+
+def _sample_config(args: argparse.Namespace) -> SampleConfig:
+    """``SampleConfig`` from the sampling flags the command has (BadRequestError naming a bad one)."""
+    return SampleConfig(**{name: getattr(args, name) for name in SAMPLE_FLAGS if hasattr(args, name)})
 
 
 def _spans(args: argparse.Namespace) -> list[tuple[int, str]]:
@@ -322,7 +345,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
     _check_controls(args)
     tag = "infill_" + "_".join(f"t{t}_bars{b.replace(',', '+')}" for t, b in spans) if len(spans) > 1 or args.span \
         else f"infill_bars{spans[0][1].replace(',', '+')}"
-    outputs = api.output_paths(source, args.output, args.variations, tag)
+    outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
+    api.check_seed(args.seed, "--seed")
     sample = _sample_config(args)
     engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8)
     _, report = api.infill(
@@ -360,7 +384,8 @@ def cmd_add_track(args: argparse.Namespace) -> int:
         tag = f"regen_track{args.regenerate}"
     else:
         tag = "add_drums" if is_drum else f"add_program{program}"
-    outputs = api.output_paths(source, args.output, args.variations, tag)
+    outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
+    api.check_seed(args.seed, "--seed")
     sample = _sample_config(args)
     engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8)
     _, report = api.add_track(
@@ -465,8 +490,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                      gate_lora=2 * args.lora_dim)
     if shape:
         if args.init_from:
-            raise BadRequestError("--init-from fixes the model shape", argument="--layers/--width",
-                                  value=shape, fix="drop the shape flags when starting from a checkpoint")
+            if set(shape) != {"n_layer"}:
+                raise BadRequestError("--init-from fixes the model shape (only --layers may grow it)",
+                                      argument="--width/--head-size/--lora-dim", value=shape,
+                                      fix="drop the shape flags when starting from a checkpoint, or give only "
+                                          "--layers N to grow its depth")
+            base = json.loads((_input_path(args.init_from) / "config.json").read_text())
+            fields["model"] = ModelConfig.from_dict({**base, **shape}).to_dict()
+            shape = {}
+    if shape:
         base = fields.get("model") or {}
         if isinstance(base, str):
             base = json.loads(_input_path(base).read_text())

@@ -7,9 +7,9 @@ import shlex
 import sys
 
 EVALUATE_EXAMPLES = """examples:
-  # held-out split of a prepared token cache, all four systems, 500 prompts of 4 bars with 8 context bars
+  # held-out split of a prepared token cache, all five systems, 500 prompts of 4 bars with 8 context bars
   midirwkv evaluate --data cache/ --split test --model runs/small --baseline-model runs/gpt2 \\
-      --systems copy,rwkv,rwkv-free,gpt2 --prompts 500 --bars 4 --context 8 --seed 0 -o reports/eval/test-4bar
+      --systems copy,random-other,rwkv,rwkv-free,gpt2 --prompts 500 --bars 4 --context 8 --seed 0 -o reports/eval/test-4bar
   # MIDI files read in 4/4, every file (not used in training)
   midirwkv evaluate --data 'POP909/::4/4' --split all --model runs/small --systems copy,rwkv -o reports/eval/pop909
   midirwkv evaluate -o reports/eval/test-4bar --report-only     # rebuild report.md/json and plots
@@ -24,6 +24,8 @@ MIDI per system, cut to the context window), report.json, report.md, plots/.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the ``midirwkv`` parser."""
+    from midirwkv.cli import _add_sample_flags
+
     p = sub.add_parser("evaluate", help="score infills against baselines on seeded held-out prompts",
                        epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (resumable)")
@@ -44,16 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-bars", type=int, default=8, help="MIDI sources: drop shorter files (as prepare)")
     g.add_argument("--min-notes", type=int, default=101, help="MIDI sources: drop files with fewer notes (as prepare)")
     g = p.add_argument_group("systems")
-    g.add_argument("--systems", default="copy,rwkv,rwkv-free,gpt2",
-                   help="comma list of copy, rwkv, rwkv-free, gpt2 (default: all four)")
+    g.add_argument("--systems", default="copy,random-other,rwkv,rwkv-free,gpt2",
+                   help="comma list of copy, random-other, rwkv, rwkv-free, gpt2 (default: all five)")
     g.add_argument("--model", metavar="DIR", help="our checkpoint folder (default: the shipped model)")
     g.add_argument("--baseline-model", metavar="DIR", help="GPT-2 baseline folder (`midirwkv train --arch gpt2`)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
-    g.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
-    g.add_argument("--repetition-penalty", type=float, default=1.2, help="default 1.2")
-    g.add_argument("--top-k", type=int, default=20, help="default 20 (0 = off)")
-    g.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (1 = off)")
-    g.add_argument("--min-prob", type=float, default=9e-4, help="probability floor, default 9e-4 (0 = off)")
+    _add_sample_flags(g, pitch_prior=True)
     g = p.add_argument_group("output")
     g.add_argument("--no-midi", action="store_true", help="do not save the MIDI of each generation")
     g.add_argument("--piano-rolls", type=int, default=4, metavar="K", help="before/after piano rolls (default 4)")
@@ -79,8 +77,7 @@ def _splits(text: str) -> tuple[float, float, float]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``midirwkv evaluate``: run (or resume) the protocol, then write the report."""
-    from midirwkv.cli import _Progress
-    from midirwkv.config import SampleConfig
+    from midirwkv.cli import _Progress, _sample_config
     from midirwkv.errors import BadRequestError
     from midirwkv.eval import report as report_mod
     from midirwkv.eval.baselines import parse_systems
@@ -95,8 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.data:
             raise BadRequestError("--data is needed to evaluate", argument="--data", value=None,
                                   fix="pass a token cache folder or MIDI folders / .tar.gz archives")
-        sample = SampleConfig(temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                              top_k=args.top_k, top_p=args.top_p, min_prob=args.min_prob)
+        sample = _sample_config(args)
         cfg = EvalConfig(data=list(args.data), output=args.output, split=args.split,
                          systems=parse_systems(args.systems), model=args.model, baseline_model=args.baseline_model,
                          prompts=args.prompts, bars=args.bars, context=args.context, seed=args.seed,

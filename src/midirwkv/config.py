@@ -5,6 +5,7 @@ Sections are owned by the layer that uses them: model, tokenizer, training, stat
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from midirwkv.errors import BadRequestError
@@ -80,7 +81,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampling settings of the infilling loop. Defaults are the paper's (1.0, 1.2, 20, 0.95, 9e-4)."""
+    """Sampling settings of the infilling loop. Defaults are the paper's (1.0, 1.2, 20, 0.95, 9e-4).
+
+    These defaults are the only definition: the command line, the server's request schema and the web page
+    (through ``GET /api/defaults``) read them from here. The pitch prior (``keep_key``, ``keep_register``;
+    ``infer.processors.PitchPrior``) is off until a validation run picks its defaults.
+    """
 
     temperature: float = 1.0
     """Divide the logits by this before sampling (> 0)."""
@@ -88,6 +94,9 @@ class SampleConfig:
     """Divide positive / multiply negative logits of recently seen tokens by this (1.0 = off)."""
     repetition_window: int = 64
     """How many of the most recent tokens the repetition penalty looks at."""
+    repetition_spare: bool = False
+    """Spare the ids that write a position, pitch or duration from the repetition penalty (loops and ostinati
+    repeat them on purpose); the penalty then falls on velocities and the like."""
     top_k: int = 20
     """Keep only the k most likely tokens (0 = off)."""
     top_p: float = 0.95
@@ -102,13 +111,19 @@ class SampleConfig:
     """Fresh attempts for a variation that hit the hard token limit before GenerationError is raised."""
     control_retries: int = 0
     """Re-sample each bar whose achieved controls miss the requested ones up to this many times (best kept)."""
+    keep_key: float = 0.0
+    """Bar infilling: pull pitches toward the pitch classes of the target track's context bars (0 = off)."""
+    keep_register: float = 0.0
+    """Bar infilling: pull pitches toward the pitch range of the target track's context bars (0 = off)."""
 
     def __post_init__(self) -> None:
         checks = (
-            ("temperature", self.temperature > 0, "use a temperature > 0, e.g. 1.0"),
+            ("temperature", _finite_at_least_zero(self.temperature) and self.temperature > 0,
+             "use a finite temperature > 0, e.g. 1.0"),
             ("repetition_penalty", self.repetition_penalty > 0, "use 1.0 for off or a value like 1.2"),
             ("repetition_window", isinstance(self.repetition_window, int) and self.repetition_window >= 0,
              "use a window of 0 or more tokens"),
+            ("repetition_spare", isinstance(self.repetition_spare, bool), "use True or False"),
             ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "use 0 for off or a positive k"),
             ("top_p", 0 < self.top_p <= 1, "use a value in (0, 1]; 1.0 is off"),
             ("min_prob", 0 <= self.min_prob < 1, "use a value in [0, 1); 0 is off"),
@@ -119,6 +134,9 @@ class SampleConfig:
             ("retries", isinstance(self.retries, int) and self.retries >= 0, "use 0 or more retries"),
             ("control_retries", isinstance(self.control_retries, int) and self.control_retries >= 0,
              "use 0 or more retries"),
+            ("keep_key", _finite_at_least_zero(self.keep_key), "use 0 for off or a finite strength, e.g. 1"),
+            ("keep_register", _finite_at_least_zero(self.keep_register),
+             "use 0 for off or a finite strength, e.g. 1"),
         )
         for name, ok, fix in checks:
             if not ok:
@@ -131,6 +149,12 @@ class SampleConfig:
     @classmethod
     def from_dict(cls, data: dict) -> SampleConfig:
         return _from_dict(cls, data)
+
+
+def _finite_at_least_zero(value: object) -> bool:
+    """``value`` is a real number (not a bool or a string), finite and >= 0."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return real and math.isfinite(value) and value >= 0
 
 
 @dataclass(frozen=True)

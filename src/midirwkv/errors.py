@@ -34,6 +34,12 @@ class BadMidiError(MidiRwkvError):
     http_status = 422
 
 
+class LimitError(BadMidiError):
+    """The MIDI file is above a size limit (bars, notes, tracks, last tick); the message says how to raise it."""
+
+    http_status = 413
+
+
 class BadRequestError(MidiRwkvError):
     """An argument is out of range or inconsistent (track, bars, controls, sampling settings ...)."""
 

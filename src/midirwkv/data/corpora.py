@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from midirwkv.errors import BadMidiError, DataError
+from midirwkv.errors import BadMidiError, BadRequestError, DataError, LimitError
 
 SPLITS = ("train", "valid", "test")
 """Names of the three splits, in the order of ``prepare_corpus(splits=...)``."""
@@ -89,6 +89,7 @@ REASONS = (
     "not_midi",           # no MThd header (saved HTML pages, text, other formats)
     "parse_error",        # symusic could not parse it
     "zero_tpq",           # ticks per quarter <= 0 (or SMPTE timing symusic cannot map)
+    "too_large",          # above a music-layer limit: bars, notes, tracks, last tick (music.remi.ScoreLimits)
     "too_few_notes",      # fewer than min_notes notes
     "too_short",          # fewer than min_bars bars on the (declared or overridden) meter grid
     "encode_error",       # the music layer refused the score
@@ -383,6 +384,15 @@ def _process_member(name: str, data: bytes | None, error: str | None,
         return rec, None
     if int(score.ticks_per_quarter) <= 0:
         rec["reason"] = "zero_tpq"
+        return rec, None
+    from midirwkv.music.remi import check_limits
+    try:
+        check_limits(score, meter_override=meter)      # before anything that costs per bar
+    except LimitError as exc:
+        rec["reason"], rec["detail"] = "too_large", str(exc)[:300]
+        return rec, None
+    except BadRequestError as exc:   # a meter override the vocabulary lacks: the encoder refuses it the same way
+        rec["reason"], rec["detail"] = "encode_error", f"{type(exc).__name__}: {exc}"[:300]
         return rec, None
     n_notes = int(sum(len(t.notes) for t in score.tracks))
     rec["n_notes"] = n_notes

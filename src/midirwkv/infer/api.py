@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -204,29 +205,84 @@ def parse_durations(text: str | list[str] | tuple[str, ...], argument: str = "du
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-def output_paths(source: str | Path, output: str | Path | None, variations: int, tag: str) -> list[Path]:
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+def output_paths(source: str | Path, output: str | Path | None, variations: int, tag: str, *,
+                 report: str | Path | None = None) -> list[Path]:
     """Where results go: ``output`` itself for one result, ``OUT_v1.mid ... OUT_vK.mid`` for K variations.
 
-    Without ``output`` the names are ``<input stem>_<tag>[_vK].mid`` beside the input. Raises
-    ``BadRequestError`` when any of them is the input file itself (the input is never overwritten).
+    Without ``output`` the names are ``<input stem>_<tag>[_vK].mid`` beside the input. ``output`` names a
+    MIDI file: ending in .mid or .midi, or with no suffix (.mid is added); a folder, ``-`` or another suffix is
+    refused. Every name (and ``report``, the JSON report's path) is checked by :func:`check_outputs` before any
+    work, so nothing is found wrong only after generating.
     """
     src = Path(source)
     if output is None:
         base = src.with_name(f"{src.stem}_{tag}.mid")
     else:
+        text = str(output)
         base = Path(output)
-        if base.suffix.lower() not in (".mid", ".midi"):
+        if text == "-":
+            raise BadRequestError("writing MIDI to standard output is not supported", argument="output",
+                                  value=text, fix="name a file, e.g. -o out.mid")
+        if text.endswith(("/", os.sep)) or base.is_dir():
+            raise BadRequestError("the output names a folder, not a file", argument="output", value=text,
+                                  fix=f"name a file inside it, e.g. -o {base / f'{src.stem}_{tag}.mid'}")
+        if base.suffix.lower() not in MIDI_SUFFIXES:
+            if base.suffix:
+                raise BadRequestError("the output must be a MIDI file name (.mid or .midi)", argument="output",
+                                      value=text, fix=f"e.g. -o {base.with_suffix('.mid')}")
             base = base.with_name(base.name + ".mid")
     if variations == 1:
         paths = [base]
     else:
         width = len(str(variations))
         paths = [base.with_name(f"{base.stem}_v{i + 1:0{width}d}{base.suffix}") for i in range(variations)]
-    for path in paths:
-        if _same_file(path, src):
-            raise BadRequestError("the output would overwrite the input file", argument="output", value=str(path),
-                                  fix="choose another output name with -o")
+    check_outputs(src, paths, report)
     return paths
+
+
+def check_outputs(source: str | Path | None, outputs: Sequence[str | Path], report: str | Path | None = None) -> None:
+    """Refuse, before any work, output paths that would lose data or could only fail after generating.
+
+    Each path (the MIDI ``outputs`` and the JSON ``report``) must be a file name, not an existing folder or
+    device, in an existing folder this process may write to; none may be the input file ``source`` or
+    another path of the same command (the variation names ``_v1``, ``_v2`` ... included). A report path
+    ending in .mid/.midi is refused too (it would make a MIDI file of JSON). Errors name the user's path.
+    """
+    named = [("output", Path(p)) for p in outputs]
+    if report is not None:
+        text = str(report)
+        if text == "-" or text.endswith(("/", os.sep)) or Path(text).suffix.lower() in MIDI_SUFFIXES:
+            raise BadRequestError("the report is written as JSON to a file", argument="report", value=text,
+                                  fix="name a .json file, e.g. --report report.json")
+        named.append(("report", Path(text)))
+    src = Path(source) if source is not None else None
+    seen: list[tuple[str, Path]] = []
+    for argument, path in named:
+        if path.is_dir():
+            raise BadRequestError(f"the {argument} path is a folder, not a file", argument=argument,
+                                  value=str(path), fix="name a file inside it")
+        if path.exists() and not path.is_file():
+            raise BadRequestError(f"the {argument} path exists and is not a regular file", argument=argument,
+                                  value=str(path), fix="choose a new file name")
+        folder = path.parent
+        if not folder.is_dir():
+            raise BadRequestError(f"the folder of the {argument} file does not exist", argument=argument,
+                                  value=str(path), fix=f"create {folder} first or choose another path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadRequestError(f"the folder of the {argument} file is not writable", argument=argument,
+                                  value=str(path), fix=f"choose a folder you may write to (not {folder})")
+        if src is not None and _same_file(path, src):
+            raise BadRequestError(f"the {argument} would overwrite the input file", argument=argument,
+                                  value=str(path), fix=f"choose another {argument} name")
+        for other_argument, other in seen:
+            if _same_file(path, other):
+                raise BadRequestError(f"the {argument} would overwrite the {other_argument} file {other} of the "
+                                      "same command", argument=argument, value=str(path),
+                                      fix=f"choose another {argument} name")
+        seen.append((argument, path))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -236,16 +292,22 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def write_atomic(data: bytes, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then one rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then one rename.
+
+    A file system error names ``path`` (not the hidden temporary file).
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise BadRequestError("the output folder does not exist", argument="output", value=str(path),
                               fix=f"create {folder} first or choose another output path")
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     return path
 
 
@@ -401,12 +463,61 @@ def _load(source):
 
     if hasattr(source, "tracks") and hasattr(source, "dumps_midi"):
         return source.copy(), None
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return load_score(bytes(source)), None
+    if not isinstance(source, (str, os.PathLike)):
+        raise BadRequestError("source must be a MIDI file path, MIDI bytes or a symusic.Score", argument="source",
+                              value=type(source).__name__, fix='e.g. infill("song.mid", track=1, bars="9-12")')
     path = Path(source)
     if not path.is_file():
         raise BadRequestError("input file not found", argument="source", value=str(source), fix="check the path")
     return load_score(path), path
+
+
+SEED_LIMIT = 2**63
+"""Seeds are 0 <= seed < SEED_LIMIT: variation i uses seed + i (plus a few offsets for later spans and
+retries), and torch's generators take at most 64 bits."""
+
+
+def check_seed(seed: object, argument: str = "seed") -> int | None:
+    """``seed`` (None: a random one is drawn later) if it is an integer in ``0 <= seed < SEED_LIMIT``."""
+    if seed is None:
+        return None
+    if not isinstance(seed, Integral) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise BadRequestError("seed must be a whole number from 0 to 2**63 - 1", argument=argument, value=seed,
+                              fix="e.g. seed 7, or leave it out for a random one")
+    return int(seed)
+
+
+def _check_variations(variations: object) -> int:
+    if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
+        raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
+                              fix="use 1 or more")
+    return variations
+
+
+def _check_spans(spans: object) -> list[Span]:
+    """``spans`` as a non-empty list of ``Span`` with integer tracks (bars are parsed later)."""
+    if isinstance(spans, (str, bytes, Span)) or not isinstance(spans, Sequence):
+        raise BadRequestError("spans must be a list of Span", argument="spans", value=spans,
+                              fix='e.g. spans=[Span(track=1, bars="9-12")]')
+    if not spans:
+        raise BadRequestError("nothing to fill: spans is empty", argument="spans", value=spans,
+                              fix='give at least one, e.g. spans=[Span(track=1, bars="9-12")]')
+    out = []
+    for sp in spans:
+        if not isinstance(sp, Span):
+            raise BadRequestError("each span must be a Span", argument="spans", value=sp,
+                                  fix='e.g. spans=[Span(track=1, bars="9-12")]')
+        out.append(replace(sp, track=_check_track(sp.track)))
+    return out
+
+
+def _check_track(track: object, argument: str = "track") -> int:
+    if not isinstance(track, Integral) or isinstance(track, bool):
+        raise BadRequestError("a track is an integer index", argument=argument, value=track,
+                              fix="use the index `midirwkv inspect` prints, e.g. track=1")
+    return int(track)
 
 
 def _track_tokens(st, track: int, argument: str = "track"):
@@ -461,16 +572,19 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     vocab = engine.vocab
     run_model, init_state = resolve_style(engine.model, vocab, style)
     cfg = sample or SampleConfig()
-    if not isinstance(variations, int) or variations < 1:
-        raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
-                              fix="use 1 or more")
-    if not isinstance(context, int) or context < 0:
+    _check_variations(variations)
+    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise BadRequestError("context must be 0 or more bars", argument="context", value=context, fix="e.g. 16")
     if spans is None:
         if track is None or bars is None:
             raise BadRequestError("give track and bars, or spans", argument="bars", value=bars,
                                   fix='e.g. infill("song.mid", track=1, bars="9-12")')
         spans = [Span(track=track, bars=bars)]
+    elif track is not None or bars is not None:
+        raise BadRequestError("give track and bars, or spans, not both", argument="spans", value=spans,
+                              fix="put every region in spans")
+    spans = _check_spans(spans)
+    seed = check_seed(seed)
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1
     score, _ = _load(source)
@@ -521,10 +635,11 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
                 f"({len(group)} variation{'s' if len(group) > 1 else ''})")
             for i, out in zip(group, outs):
                 new_score = splice(g_score, g_st, req, out.bars)
-                new_st = encode_score(new_score, vocab)
+                # on the original grid: the result may have lost its last notes, never its bars
+                new_st = encode_score(new_score, vocab, grid=(g_st.bar_ticks, g_st.time_sigs))
                 current[i] = (new_score, new_st)
                 results[i].spans.append(_span_report(new_st, trk, start, end, asked, out, len(prompt.ids),
-                                                     prompt.window, t3 - t2))
+                                                     prompt.window, t3 - t2, tt.is_drum))
             timings["splice"] += time.perf_counter() - t3
     for i, var in enumerate(results):
         var.score = current[i][0]
@@ -533,12 +648,13 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
 
 
 def _span_report(st, track: int, start: int, end: int, asked: list, out: GeneratedSpan, prompt_tokens: int,
-                 window: tuple[int, int], seconds: float) -> SpanReport:
+                 window: tuple[int, int], seconds: float, is_drum: bool = False) -> SpanReport:
+    """The report of one filled span; ``st`` is the result encoded on the original's grid (every bar there)."""
     tt = next((t for t in st.tracks if t.index == track), None)     # None: the result left the track empty
     bars = []
     for j, bar in enumerate(range(start, end)):
-        achieved = tt.controls[bar] if tt is not None else None
-        missed = _missed(asked[j], achieved) if achieved is not None else _asked_fields(asked[j])
+        achieved = tt.controls[bar] if tt is not None else _empty_bar(is_drum)
+        missed = _missed(asked[j], achieved)
         bars.append(BarReport(bar=bar + 1, asked=asked[j], achieved=achieved, missed=missed,
                               attempts=out.attempts[j]))
     return SpanReport(track=track, first_bar=start + 1, last_bar=end, prompt_tokens=prompt_tokens,
@@ -631,9 +747,8 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     vocab = engine.vocab
     run_model, init_state = resolve_style(engine.model, vocab, style)
     cfg = sample or SampleConfig()
-    if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
-        raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
-                              fix="use 1 or more")
+    _check_variations(variations)
+    seed = check_seed(seed)
     if (program is None) == (regenerate is None):
         raise BadRequestError("give either program (a new track) or regenerate (an existing track)",
                               argument="program" if program is None else "regenerate", value=(program, regenerate),
@@ -641,6 +756,8 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     if program is not None and (not isinstance(program, int) or isinstance(program, bool) or not -1 <= program <= 127):
         raise BadRequestError("program must be a General MIDI program 0..127, or -1 for drums", argument="program",
                               value=program, fix="e.g. 33 (electric bass), 0 (piano), -1 (drums)")
+    if regenerate is not None:
+        regenerate = _check_track(regenerate, "regenerate")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1
     score, _ = _load(source)
@@ -706,6 +823,13 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     return variations_out[0].score, Report(variations=variations_out, timings=timings)
 
 
+def _empty_bar(is_drum: bool):
+    """The controls of a bar without notes (what a bar of an emptied track measures)."""
+    from midirwkv.music.controls import BarControls, BarNotes
+
+    return BarControls.compute(BarNotes((), ()), is_drum)
+
+
 def _free_bar():
     from midirwkv.music.controls import BarControls
 
@@ -718,7 +842,7 @@ def _track_result(score, st, req, out: GeneratedSpan, target: int, asked, vocab)
     from midirwkv.music.remi import encode_score
 
     new_score = splice_track(score, st, req, out.bars, vocab)
-    new_st = encode_score(new_score, vocab)
+    new_st = encode_score(new_score, vocab, grid=(st.bar_ticks, st.time_sigs))    # the original's bars
     tt = next((t for t in new_st.tracks if t.index == target), None)
     achieved = track_controls_of(new_st, tt, vocab) if tt is not None else None
     missed = [n for n in _asked_fields(asked) if achieved is None or getattr(achieved, n) != getattr(asked, n)]
@@ -779,7 +903,9 @@ def make_checker(vocab, score, st, tt, start: int, asked: list) -> Callable[[int
 
     def check(j: int, bar_ids: list[int]) -> int:
         req = InfillRequest(track=tt.index, start=start + j, end=start + j + 1, controls=[asked[j]])
-        measured = _track_tokens(encode_score(splice(score, st, req, [bar_ids]), vocab), tt.index)
-        return len(_missed(asked[j], measured.controls[start + j]))
+        spliced = encode_score(splice(score, st, req, [bar_ids]), vocab, grid=(st.bar_ticks, st.time_sigs))
+        measured = next((t for t in spliced.tracks if t.index == tt.index), None)   # None: the bar left it empty
+        achieved = measured.controls[start + j] if measured is not None else _empty_bar(tt.is_drum)
+        return len(_missed(asked[j], achieved))
 
     return check

@@ -27,7 +27,15 @@ from torch import Tensor
 
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, GenerationError
-from midirwkv.infer.processors import AllowedMask, apply_chain, build_chain, history_tensor, sample_rows
+from midirwkv.infer.processors import (
+    AllowedMask,
+    PitchPrior,
+    PitchTable,
+    apply_chain,
+    build_chain,
+    history_tensor,
+    sample_rows,
+)
 
 # grammar states inside a bar (REMI order: Position [Tempo] Pitch Velocity Duration ...)
 S_START, S_POS, S_TEMPO, S_PITCH, S_VEL, S_NOTE = range(6)
@@ -50,6 +58,7 @@ class Grammar:
     notes: Tensor            # (V,) long
     bar: int
     fill_end: int
+    musical: Tensor | None = None   # (V,) bool: writes a Position, a pitch or a Duration (repetition_spare)
 
     @classmethod
     def build(cls, vocab, is_drum: bool, size: int | None = None) -> Grammar:
@@ -83,7 +92,10 @@ class Grammar:
             notes[tid] = sum(1 for k, _ in parts if k == pitch_kind)
             for start in range(N_STATES):
                 next_state[start, tid] = _run(start, parts, pitch_kind, velocity)
-        return cls(next_state, first_pos, last_pos, notes, vocab.bar, vocab.fillbar_end)
+        musical = torch.zeros(size, dtype=torch.bool)
+        musical[:len(tokens)] = torch.tensor([any(k in ("Position", "Pitch", "PitchDrum", "Duration") for k, _ in parts)
+                                              for parts in tokens], dtype=torch.bool)
+        return cls(next_state, first_pos, last_pos, notes, vocab.bar, vocab.fillbar_end, musical)
 
     def for_track(self, vocab) -> Grammar:
         """The same tables with ``Track_End`` closing the last bar (track infilling); shares the tensors."""
@@ -180,18 +192,22 @@ class Generator:
     def __init__(self, model, vocab, is_drum: bool, grammar: Grammar | None = None):
         self.model = model
         self.vocab = vocab
-        width = getattr(getattr(model, "cfg", None), "vocab_size", None)
-        self.grammar = grammar or Grammar.build(vocab, is_drum, width)
+        self.is_drum = is_drum
+        self.width = getattr(getattr(model, "cfg", None), "vocab_size", None)
+        self.grammar = grammar or Grammar.build(vocab, is_drum, self.width)
+        self._pitch_table: PitchTable | None = None
 
     @torch.inference_mode()
     def run(self, prefix_state, headers: Sequence[Sequence[int]], controls: Sequence[Sequence[int]],
             cfg: SampleConfig, seeds: Sequence[int], checker=None, *, empty_runs: bool = False,
-            require_notes: bool = False) -> list[GeneratedSpan]:
+            require_notes: bool = False, context_pitches: Sequence[int] = ()) -> list[GeneratedSpan]:
         """Fill ``len(headers)`` bars for each seed from ``prefix_state`` (batch 1, after ``FillBar_Start``).
 
         ``checker(bar_index, base_ids) -> int`` (number of missed controls) enables control re-sampling.
         ``empty_runs`` lets a bar with no density asked stay empty after an empty bar (track infilling);
         ``require_notes`` forbids ending the last bar while every earlier bar of the row was empty.
+        ``context_pitches`` (the target track's pitches around the span) feed the pitch prior when
+        ``cfg.keep_key`` or ``cfg.keep_register`` is above 0 (never on drums).
         """
         n_bars = len(headers)
         if n_bars == 0 or len(controls) != n_bars:
@@ -199,7 +215,7 @@ class Generator:
                                   value=len(controls), fix=f"give {n_bars} control lists")
         batch = len(seeds)
         vocab = self.vocab
-        chain = build_chain(cfg)
+        chain = build_chain(cfg, self.pitch_prior(cfg, context_pitches), self.grammar.musical)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         bar_len = [bar_positions(vocab, h) for h in headers]
         density = [requested_density(vocab, c) for c in controls]
@@ -240,6 +256,14 @@ class Generator:
             logits, state = self.model.step(feed, state)
         return [GeneratedSpan(bars=r.bars, tokens=r.fed, sampled=r.sampled, attempts=r.attempts, seed=int(s),
                               mismatches=r.mismatches) for r, s in zip(rows, seeds)]
+
+    def pitch_prior(self, cfg: SampleConfig, context_pitches: Sequence[int]) -> PitchPrior | None:
+        """The pitch prior of one prompt, or None when it is off (strengths 0, drums, no context notes)."""
+        if self.is_drum or not context_pitches or not (cfg.keep_key or cfg.keep_register):
+            return None
+        if self._pitch_table is None:
+            self._pitch_table = PitchTable.build(self.vocab, self.width)
+        return PitchPrior.fit(self._pitch_table, context_pitches, cfg.keep_key, cfg.keep_register)
 
     # ------------------------------------------------------------------------------------------ one row
     def _allowed(self, row: _Row, cfg: SampleConfig, n_bars: int, bar_len: list[int],

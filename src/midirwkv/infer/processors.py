@@ -2,19 +2,23 @@
 
 Every processor maps ``logits (B, V)`` to new logits of the same shape; a removed token gets ``-inf``.
 ``history`` is a ``(B, W)`` tensor of recent token ids, right-aligned and padded with ``-1``.
-The chain ``build_chain(cfg)`` is: temperature, repetition penalty, top-k, top-p, probability floor; the
-grammar mask (``AllowedMask``) is put in front of it by the generation loop, one mask per step.
+The chain ``build_chain(cfg)`` is: temperature, repetition penalty, [pitch prior], top-k, top-p, probability
+floor; the grammar mask (``AllowedMask``) is put in front of it by the generation loop, one mask per step.
+The pitch prior (``PitchPrior``) is only there when the loop gives one (bar infilling of a pitched track with
+``keep_key`` or ``keep_register`` above 0); without it the chain is exactly the paper's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from midirwkv.config import SampleConfig
+from midirwkv.errors import BadRequestError
 
 NEG_INF = float("-inf")
 
@@ -48,12 +52,15 @@ class Temperature:
 class RepetitionPenalty:
     """The usual rule: divide the positive logits and multiply the negative ones of recently seen tokens.
 
-    Only the last ``window`` entries of ``history`` count; each seen token is penalised once.
+    Only the last ``window`` entries of ``history`` count; each seen token is penalised once. ``spared``
+    (``(V,)`` bool) marks ids never penalised: with ``repetition_spare`` those are the ids that write a
+    position, a pitch or a duration, which loops and ostinati repeat on purpose.
     """
 
-    def __init__(self, penalty: float, window: int):
+    def __init__(self, penalty: float, window: int, spared: Tensor | None = None):
         self.penalty = penalty
         self.window = window
+        self.spared = spared
 
     def __call__(self, logits: Tensor, history: Tensor) -> Tensor:
         if self.penalty == 1.0 or self.window == 0 or history.numel() == 0:
@@ -64,6 +71,8 @@ class RepetitionPenalty:
         seen = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
         seen.scatter_(1, index, True)
         seen = seen[:, :vocab]                                   # (B, V)
+        if self.spared is not None:
+            seen &= ~self.spared[:vocab].to(seen.device)
         penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
         return torch.where(seen, penalised, logits)
 
@@ -112,11 +121,96 @@ class ProbabilityFloor:
         return logits.masked_fill(~keep, NEG_INF)
 
 
-def build_chain(cfg: SampleConfig) -> list[LogitProcessor]:
-    """The sampling chain of ``cfg`` (without the per-step grammar mask)."""
+MIN_REGISTER_STD = 3.0
+"""Semitones: the register Gaussian of ``PitchPrior`` is never narrower than this, so a context of one
+repeated note (std 0) or a narrow line does not forbid every other pitch."""
+
+
+@dataclass(frozen=True)
+class PitchTable:
+    """Which pitches each model id writes, as flat ``(id, pitch)`` pairs; a BPE id may write several.
+
+    Only ``Pitch_k`` base tokens count (never ``PitchDrum_k``): the prior is for pitched tracks.
+    """
+
+    ids: Tensor          # (M,) long: the model id of each pair
+    pitches: Tensor      # (M,) long: the MIDI pitch of each pair
+    size: int            # V, the width of the logits
+
+    @classmethod
+    def build(cls, vocab, size: int | None = None) -> PitchTable:
+        """Read every id of ``vocab`` as base tokens; ``size`` (the model's output width) may exceed it."""
+        names: dict[int, str] = {}
+        ids, pitches = [], []
+        for tid in range(vocab.size):
+            for b in vocab.unbpe([tid]):
+                if b not in names:
+                    names[b] = vocab.name(b)
+                kind, _, value = names[b].partition("_")
+                if kind == "Pitch":
+                    ids.append(tid)
+                    pitches.append(int(value))
+        return cls(torch.tensor(ids, dtype=torch.long), torch.tensor(pitches, dtype=torch.long),
+                   max(size or 0, vocab.size))
+
+
+class PitchPrior:
+    """Add a fixed ``(V,)`` bias that pulls sampled pitches toward the key and register of the context.
+
+    Built once per prompt by ``fit`` from the pitches of the target track's context bars
+    (``music.infill.Prompt.context_pitches``). For one pitch ``k`` the bias is
+    ``keep_key * log(p[k % 12] / max(p)) + keep_register * -((k - mean) / std)**2 / 2``: ``p`` is the
+    add-one smoothed pitch-class histogram of the context (the most common class gets 0, a class never
+    heard gets ``log(1 / (max count + 1))``); ``mean`` and ``std`` are the context's, ``std`` at least
+    ``MIN_REGISTER_STD`` (the log-density of that Gaussian, 0 at the mean). An id that writes several
+    pitches (BPE) gets the MEAN of its pitches' biases, so a merged chord is judged per note, not
+    penalised once per note; an id without pitches gets exactly 0. It sits after temperature and the
+    repetition penalty (its strength is in nats whatever the temperature) and before the cut-offs, so
+    top-k, top-p and the floor see the biased distribution.
+    """
+
+    def __init__(self, bias: Tensor):
+        self.bias = bias                                         # (V,)
+
+    @classmethod
+    def fit(cls, table: PitchTable, context_pitches: Sequence[int], keep_key: float,
+            keep_register: float) -> PitchPrior:
+        """The prior of one prompt; ``context_pitches`` must not be empty."""
+        assert len(context_pitches) > 0, "a pitch prior needs context pitches"
+        ctx = torch.tensor([int(k) for k in context_pitches], dtype=torch.float64)
+        grid = torch.arange(128, dtype=torch.float64)            # (128,) every MIDI pitch
+        counts = torch.bincount(ctx.long() % 12, minlength=12).double() + 1.0
+        key = torch.log(counts / counts.max())                   # (12,) 0 for the most common class
+        std = max(float(ctx.std(unbiased=False)), MIN_REGISTER_STD)
+        register = -0.5 * ((grid - ctx.mean()) / std) ** 2      # (128,) 0 at the mean
+        per_pitch = keep_key * key[grid.long() % 12] + keep_register * register      # (128,)
+        zeros = torch.zeros(table.size, dtype=torch.float64)
+        total = zeros.index_add(0, table.ids, per_pitch[table.pitches])                 # (V,)
+        count = zeros.index_add(0, table.ids, torch.ones(len(table.ids), dtype=torch.float64))   # (V,)
+        bias = (total / count.clamp(min=1.0)).float()           # (V,) mean over each id's pitches
+        assert bool(torch.isfinite(bias).all()), "the strengths must be finite (SampleConfig checks)"
+        return cls(bias)
+
+    def __call__(self, logits: Tensor, history: Tensor) -> Tensor:
+        return logits + self.bias.to(logits.device, logits.dtype)     # no copy when they match
+
+
+def build_chain(cfg: SampleConfig, pitch_prior: PitchPrior | None = None,
+                musical: Tensor | None = None) -> list[LogitProcessor]:
+    """The sampling chain of ``cfg`` (without the per-step grammar mask), with ``pitch_prior`` when given.
+
+    ``musical`` (``(V,)`` bool: the ids that write a position, pitch or duration, ``Grammar.musical``) is
+    what ``cfg.repetition_spare`` exempts from the repetition penalty; it is needed only then.
+    """
+    prior: list[LogitProcessor] = [] if pitch_prior is None else [pitch_prior]
+    if cfg.repetition_spare and musical is None and cfg.repetition_penalty != 1.0:
+        raise BadRequestError("repetition_spare needs the vocabulary's musical ids", argument="musical",
+                              value=None, fix="pass Grammar.musical (the generation loop does)")
     return [
         Temperature(cfg.temperature),
-        RepetitionPenalty(cfg.repetition_penalty, cfg.repetition_window),
+        RepetitionPenalty(cfg.repetition_penalty, cfg.repetition_window,
+                          musical if cfg.repetition_spare else None),
+        *prior,
         TopK(cfg.top_k),
         TopP(cfg.top_p),
         ProbabilityFloor(cfg.min_prob),

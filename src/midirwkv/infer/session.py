@@ -39,6 +39,7 @@ class InfillSession:
         self.prompt = prompt
         self.headers = [list(h) for h in prompt.bar_headers]
         self.controls = [list(c) for c in prompt.bar_controls]
+        self.context_pitches = [] if is_drum else list(prompt.context_pitches)     # for the pitch prior
         opening = self.headers[0] + self.controls[0]
         ids = list(prompt.ids)
         if ids[len(ids) - len(opening):] != opening or ids[len(ids) - len(opening) - 1] != vocab.fillbar_start:
@@ -64,6 +65,7 @@ class InfillSession:
 
         Variation ``i`` uses seed ``seed + i`` (a random seed when ``seed`` is None), so a result is
         reproducible from its reported seed. ``controls`` replaces the control ids of every span bar.
+        ``sample.keep_key`` / ``sample.keep_register`` weigh the pitch prior of the prompt's context pitches.
         """
         if not isinstance(variations, int) or variations < 1:
             raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
@@ -76,7 +78,8 @@ class InfillSession:
             raise BadRequestError("need one control list per span bar", argument="controls", value=len(bar_controls),
                                   fix=f"give {self.n_bars} control lists")
         seeds = [seed + i for i in range(variations)]
-        return self.generator.run(self.state, self.headers, bar_controls, cfg, seeds, checker)
+        return self.generator.run(self.state, self.headers, bar_controls, cfg, seeds, checker,
+                                  context_pitches=self.context_pitches)
 
 
 @torch.inference_mode()

@@ -85,6 +85,9 @@ class Prompt:
     bar_controls: list[list[int]]    # per span bar: the control ids to feed after its header
     request: InfillRequest
     window: tuple[int, int]          # bars of context actually used [lo, hi)
+    context_pitches: list[int] = field(default_factory=list)
+    """Pitches of the target track's notes in the context bars of ``window`` (not the span), in order;
+    empty for drums. The pitch prior of ``infer.processors.PitchPrior`` is fitted to them."""
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -206,7 +209,16 @@ def build_prompt(vocab, st: ScoreTokens, req: InfillRequest, layout: str = "file
                 ids += bars[b]
         ids.append(vocab.track_end)
     ids += [vocab.fillbar_start] + headers[0] + ctrl_ids[0]
-    return Prompt(ids=ids, bar_headers=headers, bar_controls=ctrl_ids, request=req, window=(lo, hi))
+    return Prompt(ids=ids, bar_headers=headers, bar_controls=ctrl_ids, request=req, window=(lo, hi),
+                  context_pitches=_context_pitches(vocab, tt, [*range(lo, start), *range(end, hi)]))
+
+
+def _context_pitches(vocab, tt: TrackTokens, bars: Sequence[int]) -> list[int]:
+    """The pitches of ``tt``'s notes in ``bars`` (from the base ids); empty for a drum track."""
+    if tt.is_drum:
+        return []
+    pitch_of = {i: k for k, i in tables(vocab).pitch_id.items()}
+    return [pitch_of[i] for b in bars for i in tt.bars[b] if i in pitch_of]
 
 
 # ------------------------------------------------------------------------------------------------ splice
@@ -351,6 +363,12 @@ def build_track_prompt(vocab, st: ScoreTokens, req: TrackRequest) -> TrackPrompt
     if not isinstance(controls, TrackControls):
         raise BadRequestError("controls must be TrackControls", argument="controls", value=type(controls).__name__,
                               fix="pass music.controls.TrackControls(...)")
+    if tt is not None and controls.density_max == 0 and all(t.index == tt.index for t in st.tracks):
+        # the result would hold no notes at all: a MIDI file nothing (this tool included) can use
+        raise BadRequestError("density 0 would empty the only track with notes", argument="density",
+                              value=f"{controls.density_min}-{controls.density_max}",
+                              fix="ask for at least one note per bar (e.g. density 1-8), or write a new track "
+                                  "with a program instead")
     headers = [list(st.tracks[0].bars[b][:2]) if st.tracks else [vocab.bar] for b in range(n_bars)]
     ids: list[int] = []
     for t in st.tracks:

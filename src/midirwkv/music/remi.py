@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from midirwkv.errors import BadMidiError, BadRequestError
+from midirwkv.errors import BadMidiError, BadRequestError, LimitError
 from midirwkv.music.controls import DUR_UNITS_PER_QUARTER, BarControls, BarNotes
 
 POS_PER_BEAT = 12
@@ -109,6 +110,83 @@ def load_score(source: str | Path | bytes | bytearray):
     return score
 
 
+# ------------------------------------------------------------------------------------------------ limits
+
+
+@dataclass(frozen=True)
+class ScoreLimits:
+    """The largest score the music layer encodes; a larger one is refused before any per-bar work.
+
+    Encoding costs time and memory per bar of every track with notes, so a tiny file can ask for a lot (one
+    tick per quarter and a note at tick 2**28 is 67 million bars). The defaults are far above real music
+    (POP909 songs: ~150 bars, 3 tracks, ~3,000 notes; a long orchestral movement: ~1,000 bars, ~40 tracks,
+    ~50,000 notes); at the bar and track limits together encoding takes ~12 s and ~300 MB on one core.
+    Raise them per call with ``limits=ScoreLimits(max_bars=...)``, or for every call of a process (the CLI,
+    the server, ``prepare``) with the environment variables in ``ENV`` (read at each call).
+    """
+
+    max_bars: int = 4096
+    """Bars on the file's meter grid (or the overridden meter's)."""
+    max_notes: int = 500_000
+    """Notes over all tracks."""
+    max_tracks: int = 256
+    """Tracks holding notes."""
+    max_tick: int = 2**30
+    """Tick at which the last note ends, in the file's own ticks (ticks are 32-bit in a MIDI file)."""
+
+    ENV = {"max_bars": "MIDIRWKV_MAX_BARS", "max_notes": "MIDIRWKV_MAX_NOTES", "max_tracks": "MIDIRWKV_MAX_TRACKS",
+           "max_tick": "MIDIRWKV_MAX_TICK"}
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadRequestError("a score limit must be a positive integer", argument=f.name, value=value,
+                                      fix=f"e.g. ScoreLimits({f.name}={f.default})")
+
+    @classmethod
+    def from_env(cls) -> ScoreLimits:
+        """The defaults, each replaced by its environment variable (``ENV``) when that is set."""
+        values = {}
+        for name, var in cls.ENV.items():
+            text = os.environ.get(var, "").strip()
+            if not text:
+                continue
+            try:
+                values[name] = int(text.replace("_", ""))
+            except ValueError:
+                values[name] = None
+            if values[name] is None or values[name] < 1:
+                raise BadRequestError("a score limit must be a positive integer", argument=var, value=text,
+                                      fix=f"set {var} to a whole number of at least 1, or unset it")
+        return cls(**values)
+
+
+def check_limits(score, limits: ScoreLimits | None = None, meter_override: tuple[int, int] | None = None) -> None:
+    """Refuse a score above ``limits`` (default: ``ScoreLimits.from_env()``) with a ``LimitError``.
+
+    Costs one pass over the notes (numpy) and one over the time signatures; nothing per bar.
+    """
+    limits = limits if limits is not None else ScoreLimits.from_env()
+    tracks = [t for t in score.tracks if len(t.notes)]
+    _check_limit("tracks with notes", len(tracks), limits, "max_tracks")
+    _check_limit("notes", sum(len(t.notes) for t in tracks), limits, "max_notes")
+    end = _score_end(score)
+    _check_limit("ticks (the end of the last note)", end, limits, "max_tick")
+    tpq = int(score.ticks_per_quarter)
+    if tpq > 0:
+        _check_limit("bars", count_grid_bars(score, meter_override), limits, "max_bars")
+
+
+def _check_limit(what: str, value: int, limits: ScoreLimits, name: str) -> None:
+    limit = getattr(limits, name)
+    if value > limit:
+        raise LimitError(f"the file has {value:,} {what}, more than the limit of {limit:,}", argument=name,
+                         value=limit, fix=f"use a shorter or smaller file, or raise the limit: set the environment "
+                                          f"variable {ScoreLimits.ENV[name]}={value} (Python: "
+                                          f"limits=ScoreLimits({name}={value}))")
+
+
 # ----------------------------------------------------------------------------------------------- the grid
 
 SUPPORTED_METERS = {(3, 8), (6, 8), (12, 8), (1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4)}
@@ -130,14 +208,14 @@ def _score_end(score) -> int:
     for track in score.tracks:
         if len(track.notes):
             arr = track.notes.numpy()
-            end = max(end, int((arr["time"] + arr["duration"]).max()), int(arr["time"].max()) + 1)
+            time = arr["time"].astype(np.int64)      # int64: a 32-bit time + duration can overflow
+            end = max(end, int((time + arr["duration"]).max()), int(time.max()) + 1)
     return end
 
 
-def bar_grid(score, meter_override: tuple[int, int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
-    """(bar_ticks, time_sigs): bar boundaries covering every note (n_bars + 1 ticks) and each bar's meter."""
+def _meter_changes(score, meter_override: tuple[int, int] | None, end: int) -> list[tuple[int, tuple[int, int]]]:
+    """(tick, meter) of each meter change of the grid, the first at tick 0; none at or after ``end``."""
     tpq = int(score.ticks_per_quarter)
-    end = _score_end(score)
     if meter_override is not None:
         m = supported_meter(*meter_override)
         if m is None:
@@ -161,7 +239,14 @@ def bar_grid(score, meter_override: tuple[int, int] | None = None) -> tuple[list
             changes.append((t, m))
         if not changes or changes[0][0] > 0:
             changes.insert(0, (0, DEFAULT_METER))
-    changes = [c for i, c in enumerate(changes) if i == 0 or c[0] < end]
+    return [c for i, c in enumerate(changes) if i == 0 or c[0] < end]
+
+
+def bar_grid(score, meter_override: tuple[int, int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """(bar_ticks, time_sigs): bar boundaries covering every note (n_bars + 1 ticks) and each bar's meter."""
+    tpq = int(score.ticks_per_quarter)
+    end = _score_end(score)
+    changes = _meter_changes(score, meter_override, end)
     bar_ticks: list[int] = []
     sigs: list[tuple[int, int]] = []
     t = 0
@@ -178,6 +263,19 @@ def bar_grid(score, meter_override: tuple[int, int] | None = None) -> tuple[list
         return [0], []
     bar_ticks.append(t)
     return bar_ticks, sigs
+
+
+def count_grid_bars(score, meter_override: tuple[int, int] | None = None) -> int:
+    """How many bars ``bar_grid`` gives, without building it (one pass over the time signatures)."""
+    tpq = int(score.ticks_per_quarter)
+    end = _score_end(score)
+    changes = _meter_changes(score, meter_override, end)
+    n = 0
+    for i, (start, meter) in enumerate(changes):
+        stop = end if i + 1 == len(changes) else changes[i + 1][0]
+        if stop > start:
+            n += -(-(stop - start) // max(1, tpq * 4 * meter[0] // meter[1]))
+    return n
 
 
 def _on_bar_line(change: tuple[int, tuple[int, int]], t: int, tpq: int) -> bool:
@@ -398,14 +496,29 @@ def encode_track(q: QuantNotes, is_drum: bool, time_sigs: Sequence[tuple[int, in
     return bars, controls
 
 
-def encode_score(score, vocab, meter_override: tuple[int, int] | None = None) -> ScoreTokens:
-    """Every track with notes (in the vocabulary's pitch range) as base ids and exact controls per bar."""
+def encode_score(score, vocab, meter_override: tuple[int, int] | None = None, *,
+                 grid: tuple[Sequence[int], Sequence[tuple[int, int]]] | None = None,
+                 limits: ScoreLimits | None = None) -> ScoreTokens:
+    """Every track with notes (in the vocabulary's pitch range) as base ids and exact controls per bar.
+
+    A score above ``limits`` (default ``ScoreLimits.from_env()``) is refused with a ``LimitError`` before any
+    per-bar work. ``grid`` (``bar_ticks, time_sigs`` of an earlier encoding) encodes on that grid instead of
+    the score's own: a spliced result keeps its original's bars even when its last notes were removed (notes
+    starting past the grid's end would count in its last bar; a splice never makes any).
+    """
     tpq = int(score.ticks_per_quarter)
     if tpq <= 0:
         raise BadMidiError("the score has 0 ticks per quarter note", argument="ticks_per_quarter", value=tpq,
                            fix="re-export the file with a normal resolution (e.g. 480)")
+    check_limits(score, limits, meter_override)
     tb = tables(vocab)
-    bar_ticks, sigs = bar_grid(score, meter_override)
+    if grid is not None:
+        bar_ticks, sigs = list(grid[0]), list(grid[1])
+        if len(bar_ticks) != len(sigs) + 1:
+            raise BadRequestError("a grid needs one more bar boundary than meters", argument="grid",
+                                  value=(len(bar_ticks), len(sigs)), fix="pass (st.bar_ticks, st.time_sigs)")
+    else:
+        bar_ticks, sigs = bar_grid(score, meter_override)
     tempos = tempo_events(score, bar_ticks, sigs, tpq, tb)
     tracks = []
     for index, track in enumerate(score.tracks):

@@ -269,6 +269,11 @@ def create_app(
             **jobs.stats,
         }
 
+    @app.get("/api/defaults", response_model=S.DefaultsOut, tags=["session"])
+    def defaults() -> dict:
+        """The sampling defaults (``SampleConfig``'s) and the ranges the request schema accepts."""
+        return S.sampling_defaults()
+
     # ---------------------------------------------------------------------------------------- uploads
     def upload_out(session: str, upload_id: str, version: int | None) -> dict:
         meta = storage.upload_meta(session, upload_id)

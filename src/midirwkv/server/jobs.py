@@ -471,7 +471,8 @@ class JobManager:
                     new_score = splice(cached.score, cached.st, req, out.bars, self.vocab)
                 name = f"var_{number}.mid"
                 write_bytes_atomic(folder / name, new_score.dumps_midi())
-                new_st = encode_score(new_score, self.vocab)
+                # on the original grid: a result that lost its last notes keeps its bars for the report
+                new_st = encode_score(new_score, self.vocab, grid=(cached.st.bar_ticks, cached.st.time_sigs))
                 record = {
                     "variation": number,
                     "seed": out.seed,
@@ -481,7 +482,7 @@ class JobManager:
                 if track:
                     record.update(track_reports(new_st, cached.target, cached.asked, self.vocab))
                 else:
-                    record["bars"] = bar_reports(new_st, req, cached.asked)
+                    record["bars"] = bar_reports(new_st, req, cached.asked, tt.is_drum)
                 with self._lock:
                     self._live[job_id]["variations"].append(record)
             done += rows
@@ -507,13 +508,19 @@ def infill_request(req_in: dict):
     )
 
 
-def bar_reports(new_st, req, asked: list) -> list[dict]:
-    """Per span bar: the controls asked, the controls measured on the result and the asked ones missed."""
+def bar_reports(new_st, req, asked: list, is_drum: bool = False) -> list[dict]:
+    """Per span bar: the controls asked, the controls measured on the result and the asked ones missed.
+
+    ``new_st`` is the result encoded on the original's grid; a track the result left empty measures as empty bars.
+    """
+    from midirwkv.music.controls import BarControls, BarNotes
+
     tt = next((t for t in new_st.tracks if t.index == req.track), None)
+    empty = BarControls.compute(BarNotes((), ()), is_drum).to_dict()
     out = []
     for j, bar in enumerate(range(req.start, req.end)):
         want = asked[j].to_dict()
-        got = tt.controls[bar].to_dict() if tt is not None else None
+        got = tt.controls[bar].to_dict() if tt is not None else empty
         missed = [k for k, v in want.items() if v is not None and (got is None or got[k] != v)]
         out.append({"bar": bar + 1, "asked": want, "achieved": got, "missed": missed})
     return out

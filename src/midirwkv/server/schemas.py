@@ -10,6 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from midirwkv.config import SampleConfig
+
+_SAMPLE = SampleConfig()
+"""The sampling defaults (their one definition is ``SampleConfig``)."""
+
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 JOB_FINAL = ("done", "failed", "cancelled")
 
@@ -107,15 +112,55 @@ class NotesOut(BaseModel):
 
 
 class SamplingIn(_Strict):
-    """Sampling settings (the paper's defaults); validated again by ``SampleConfig``."""
+    """Sampling settings (``SampleConfig``'s defaults, the paper's); validated again by ``SampleConfig``."""
 
-    temperature: float = Field(1.0, gt=0, le=5)
-    top_k: int = Field(20, ge=0, le=1000)
-    top_p: float = Field(0.95, gt=0, le=1)
-    repetition_penalty: float = Field(1.2, gt=0, le=5)
-    min_prob: float = Field(9e-4, ge=0, lt=1)
-    max_notes_per_bar: int = Field(64, ge=1, le=256)
-    control_retries: int = Field(0, ge=0, le=4, description="re-sample bars that miss their controls")
+    temperature: float = Field(_SAMPLE.temperature, gt=0, le=5)
+    top_k: int = Field(_SAMPLE.top_k, ge=0, le=1000)
+    top_p: float = Field(_SAMPLE.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(_SAMPLE.repetition_penalty, gt=0, le=5)
+    repetition_spare: bool = Field(_SAMPLE.repetition_spare,
+                                   description="spare positions, pitches and durations from the repetition penalty")
+    min_prob: float = Field(_SAMPLE.min_prob, ge=0, lt=1)
+    max_notes_per_bar: int = Field(_SAMPLE.max_notes_per_bar, ge=1, le=256)
+    control_retries: int = Field(_SAMPLE.control_retries, ge=0, le=4,
+                                 description="re-sample bars that miss their controls")
+    keep_key: float = Field(_SAMPLE.keep_key, ge=0, le=10, allow_inf_nan=False,
+                            description="bar infilling: pull toward the key of the track's context bars "
+                                        "(0 = off; whole tracks ignore it)")
+    keep_register: float = Field(_SAMPLE.keep_register, ge=0, le=10, allow_inf_nan=False,
+                                 description="bar infilling: pull toward the register of the track's context "
+                                             "bars (0 = off; whole tracks ignore it)")
+
+
+class RangeOut(BaseModel):
+    """Bounds of one numeric setting (null = unbounded on that side)."""
+
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = Field(False, description="min itself is not allowed")
+    max_exclusive: bool = Field(False, description="max itself is not allowed")
+
+
+class DefaultsOut(BaseModel):
+    """What the page shows before the user changes anything: the sampling defaults and their ranges."""
+
+    sampling: SamplingIn
+    ranges: dict[str, RangeOut] = Field(description="sampling field -> bounds the server accepts")
+
+
+def sampling_defaults() -> dict:
+    """``DefaultsOut`` of this server: ``SamplingIn``'s defaults (= ``SampleConfig``'s) and its bounds."""
+    ranges = {}
+    for name, info in SamplingIn.model_fields.items():
+        bound = {}
+        for m in info.metadata:
+            for attr, key, exclusive in (("ge", "min", False), ("gt", "min", True), ("le", "max", False),
+                                         ("lt", "max", True)):
+                if getattr(m, attr, None) is not None:
+                    bound[key] = getattr(m, attr)
+                    bound[f"{key}_exclusive"] = exclusive
+        ranges[name] = bound
+    return {"sampling": SamplingIn().model_dump(), "ranges": ranges}
 
 
 class InfillIn(_Strict):

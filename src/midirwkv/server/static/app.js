@@ -336,9 +336,24 @@ function readControls() {
 
 // ------------------------------------------------------------------------------------------------ jobs
 
+// a sampling input names its SamplingIn field in data-sampling; an empty one is left out (server default)
 function sampling() {
-  return { temperature: Number($("temperature").value), top_p: Number($("top-p").value),
-    top_k: Number($("top-k").value) };
+  const out = {};
+  for (const el of document.querySelectorAll("[data-sampling]")) {
+    if (el.value !== "") out[el.dataset.sampling] = Number(el.value);
+  }
+  return out;
+}
+
+// defaults and bounds come from the server (SampleConfig is their one definition), never from this page
+async function loadDefaults() {
+  const d = await api("GET", "/api/defaults");
+  for (const el of document.querySelectorAll("[data-sampling]")) {
+    const name = el.dataset.sampling, range = d.ranges[name] || {};
+    if (range.min != null && !range.min_exclusive) el.min = range.min;
+    if (range.max != null && !range.max_exclusive) el.max = range.max;
+    if (name in d.sampling) el.value = d.sampling[name];
+  }
 }
 
 function seedValue() { return $("seed").value === "" ? null : Number($("seed").value); }
@@ -714,6 +729,7 @@ function init() {
   $("redo").addEventListener("click", () => changeVersion("redo"));
   $("zoom").addEventListener("input", (ev) => { state.pxPerQuarter = Number(ev.target.value); draw(); });
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", draw);
+  loadDefaults().catch(fail);
   api("POST", "/api/session").then(() => {
     const m = location.hash.match(/upload=([A-Za-z0-9_-]+)/);
     if (m) return openUpload(m[1]).then(restoreJobs).then(() => say("Song restored."));
