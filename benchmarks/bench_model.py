@@ -14,7 +14,9 @@ Paper-size architecture (12 x 384, head 64, vocab 16,000), fp32, random weights.
 * decode batch 8 vs batch 1 tokens/s; target >= 5x
 * prefill of 2048 tokens vs the matmul compute bound (FLOPs of the model's matrix products / peak of a
   large sgemm measured here); target >= 50 %
-* one training step (forward + backward, batch 4 x 512) vs the same compute bound; target 40 %
+* one training step (forward + backward, batch 4 x 512) vs the same compute bound; target 40 %. With
+  ``--shape default --parts train --train-shape 4x2048`` the same for the bundled model's size at its training
+  shape (micro-batch 4 x 2,048 tokens, with the optimizer step), as tokens/s per thread
 * per-token decode latency after 512..32768 tokens of context, and resident memory of the state, beside a
   GPT-2 (same width and depth) with a KV cache when ``transformers`` is installed.
 """
@@ -153,13 +155,22 @@ def main() -> None:
     ap.add_argument("--skip-gpt2", action="store_true")
     ap.add_argument("--parts", default="decode,prefill,train,context",
                     help="comma-separated subset of decode,prefill,train,context to run")
+    ap.add_argument("--shape", default="paper", choices=("paper", "default"),
+                    help="paper: 12 x 384, vocab 16,000; default: the bundled model's config.json")
+    ap.add_argument("--train-shape", default="4x512", metavar="BxT", help="training step batch x tokens")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     R = args.repeats
     cfg = PAPER
+    if args.shape == "default":
+        import json
+
+        from midirwkv.infer.api import DEFAULT_MODEL_DIR
+        cfg = ModelConfig.from_dict(json.loads((DEFAULT_MODEL_DIR / "config.json").read_text()))
     model = random_model(cfg)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model 12x384 vocab 16000 fp32, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {cfg.n_layer}x{cfg.n_embd} vocab "
+          f"{cfg.vocab_size} fp32, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; medians of {R} runs")
 
     bw = bandwidth(R)
@@ -214,7 +225,8 @@ def main() -> None:
     if "train" in parts and not args.skip_train:
         tmodel = random_model(cfg).train()
         opt = torch.optim.Adam(tmodel.parameters(), lr=1e-5)
-        idx = torch.randint(0, cfg.vocab_size, (4, 513))
+        tb, tt = (int(x) for x in args.train_shape.lower().split("x"))
+        idx = torch.randint(0, cfg.vocab_size, (tb, tt + 1))
 
         def train_step():
             logits = tmodel(idx[:, :-1])
@@ -224,9 +236,11 @@ def main() -> None:
             opt.step()
 
         t = median_time(train_step, max(3, R // 2))
-        tokens = 4 * 512
-        print(f"train step 4x512: {t:.2f} s = {tokens / t:.0f} tok/s, {3 * flops_tok * tokens / t / 1e9:.1f} "
-              f"GFLOP/s -> {3 * flops_tok * tokens / t / peak:.0%} of the matmul bound (target 40%)")
+        tokens = tb * tt
+        threads = torch.get_num_threads()
+        print(f"train step {tb}x{tt}: {t:.2f} s = {tokens / t:.0f} tok/s ({tokens / t / threads:.0f} per thread), "
+              f"{3 * flops_tok * tokens / t / 1e9:.1f} GFLOP/s -> {3 * flops_tok * tokens / t / peak:.0%} of the "
+              f"matmul bound (target 40%); the bound itself is {peak / (3 * flops_tok):.0f} tok/s")
 
     if "context" not in parts:
         return

@@ -251,3 +251,18 @@ def test_keyboard_interrupt_saves_the_last_step(prepared, tmp_path):
     assert latest_checkpoint(cfg.out_dir).name == "step-0000003"
     res = train(cfg)
     assert res.resumed_from == 3 and res.steps == 6
+
+
+def test_cli_grows_depth_from_a_checkpoint(prepared, tmp_path, capsys):
+    from midirwkv.cli import main
+
+    first = train(tiny_cfg(prepared, tmp_path / "a", max_steps=1, eval_every=0, ckpt_every=0))
+    args = ["train", "--data", str(prepared), "-o", str(tmp_path / "b"), "--init-from", str(first.final_dir),
+            "--layers", "3", "--max-steps", "1", "--ctx-len", "96", "--micro-batch", "2", "--eval-every", "0",
+            "--threads", "1", "-q"]
+    assert main(args) == 0
+    model, _, meta = load_checkpoint(tmp_path / "b" / "final")
+    assert model.cfg.n_layer == 3 and meta["grown_from_layers"] == 2
+    assert main([*args[:4], str(tmp_path / "c"), *args[5:7], "--width", "96"]) == 2
+    assert "--init-from fixes the model shape" in capsys.readouterr().err
+    assert main([*args[:4], str(tmp_path / "d"), "--init-from", str(tmp_path), *args[7:]]) == 2

@@ -495,7 +495,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       argument="--width/--head-size/--lora-dim", value=shape,
                                       fix="drop the shape flags when starting from a checkpoint, or give only "
                                           "--layers N to grow its depth")
-            base = json.loads((_input_path(args.init_from) / "config.json").read_text())
+            init_config = Path(args.init_from) / "config.json"
+            if not init_config.is_file():
+                raise BadRequestError("--init-from is not a checkpoint folder (no config.json)",
+                                      argument="--init-from", value=args.init_from,
+                                      fix="pass the folder written by `midirwkv train` (its final/ folder)")
+            base = json.loads(init_config.read_text())
             fields["model"] = ModelConfig.from_dict({**base, **shape}).to_dict()
             shape = {}
     if shape:

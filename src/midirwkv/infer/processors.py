@@ -121,6 +121,8 @@ class ProbabilityFloor:
         return logits.masked_fill(~keep, NEG_INF)
 
 
+KEY_CLASSES = 7
+"""Pitch classes that make the key of a context for ``PitchPrior`` (as the evaluation's out-of-key share)."""
 MIN_REGISTER_STD = 3.0
 """Semitones: the register Gaussian of ``PitchPrior`` is never narrower than this, so a context of one
 repeated note (std 0) or a narrow line does not forbid every other pitch."""
@@ -159,9 +161,13 @@ class PitchPrior:
 
     Built once per prompt by ``fit`` from the pitches of the target track's context bars
     (``music.infill.Prompt.context_pitches``). For one pitch ``k`` the bias is
-    ``keep_key * log(p[k % 12] / max(p)) + keep_register * -((k - mean) / std)**2 / 2``: ``p`` is the
-    add-one smoothed pitch-class histogram of the context (the most common class gets 0, a class never
-    heard gets ``log(1 / (max count + 1))``); ``mean`` and ``std`` are the context's, ``std`` at least
+    ``keep_key * min(0, log(p[k % 12] / p7)) + keep_register * -((k - mean) / std)**2 / 2``: ``p`` is the
+    add-one smoothed pitch-class histogram of the context and ``p7`` its ``KEY_CLASSES``-th largest value, so
+    the seven most used classes (the key) all get 0 and only the rarer ones are pushed down (a class never
+    heard gets ``log(1 / (c7 + 1))``, ``c7`` the seventh largest count). Judging the key as a set, not by how
+    often each class occurs, keeps the pitch variety inside the key: a bias proportional to the histogram made
+    the fills repeat the few most common classes (pitch-class entropy 1.2 bits against the originals' 2.1 on
+    the validation grid, reports/sampling). ``mean`` and ``std`` are the context's, ``std`` at least
     ``MIN_REGISTER_STD`` (the log-density of that Gaussian, 0 at the mean). An id that writes several
     pitches (BPE) gets the MEAN of its pitches' biases, so a merged chord is judged per note, not
     penalised once per note; an id without pitches gets exactly 0. It sits after temperature and the
@@ -180,7 +186,8 @@ class PitchPrior:
         ctx = torch.tensor([int(k) for k in context_pitches], dtype=torch.float64)
         grid = torch.arange(128, dtype=torch.float64)            # (128,) every MIDI pitch
         counts = torch.bincount(ctx.long() % 12, minlength=12).double() + 1.0
-        key = torch.log(counts / counts.max())                   # (12,) 0 for the most common class
+        ref = torch.sort(counts, descending=True).values[KEY_CLASSES - 1]
+        key = torch.log(counts / ref).clamp(max=0.0)             # (12,) 0 for the key's classes
         std = max(float(ctx.std(unbiased=False)), MIN_REGISTER_STD)
         register = -0.5 * ((grid - ctx.mean()) / std) ** 2      # (128,) 0 at the mean
         per_pitch = keep_key * key[grid.long() % 12] + keep_register * register      # (128,)
