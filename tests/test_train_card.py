@@ -145,3 +145,29 @@ def test_validation_samples_depend_on_val_seed_not_on_seed(runs):
 
     assert torch.equal(ids(seed=0), ids(seed=9))
     assert not torch.equal(ids(val_seed=0), ids(val_seed=9))
+
+
+def test_a_run_in_another_layout_is_compared_on_the_span_in_each_models_layout(runs):
+    """A file-order model replaced by a target-last run: both read the same validation samples, each in its own
+    layout, and the better-only rule compares the infilled tokens; the card says so and lists the layout."""
+    from midirwkv.music.infill import layout_of
+    from midirwkv.music.vocab import Vocab
+
+    root, run = runs
+    old = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "fo"), prompt_layout="file_order",
+                      model=ModelConfig(vocab_size=Vocab.load().size, **TINY), ctx_len=96, micro_batch=2,
+                      max_steps=2, warmup_steps=1, lr=3e-3, eval_every=2, eval_batches=2, progress=False, threads=1)
+    train(old)
+    dest = publish(root / "fo", root / "layout_model")
+    assert layout_of(json.loads((dest / "meta.json").read_text())) == "file_order"
+    new = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "tl"), init_from=str(dest), ctx_len=96,
+                      micro_batch=2, max_steps=8, warmup_steps=1, lr=3e-3, eval_every=8, eval_batches=2,
+                      progress=False, threads=1, seed=3)
+    train(new)
+    with pytest.raises(BadRequestError, match="layouts"):
+        publish(root / "tl", dest)
+    publish(root / "tl", dest, data_dir=root / "cache")       # 8 steps at lr 3e-3 beat 2 steps
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "each model reading them in its own prompt layout (file_order before, target_last now)" in card
+    assert "prompt layout target_last" in card
+    assert layout_of(json.loads((dest / "meta.json").read_text())) == "target_last"

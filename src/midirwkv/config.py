@@ -81,14 +81,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampling settings of the infilling loop. Defaults are the paper's (1.0, 1.2, 20, 0.95, 9e-4).
+    """Sampling settings of the infilling loop.
 
-    These defaults are the only definition: the command line, the server's request schema and the web page
-    (through ``GET /api/defaults``) read them from here. The pitch prior (``keep_key``, ``keep_register``;
-    ``infer.processors.PitchPrior``) is off until a validation run picks its defaults.
+    These defaults are the only definition: the command line, the server's request schema, ``evaluate`` and the
+    web page (through ``GET /api/defaults``) read them from here. They were chosen on validation prompts by
+    ``benchmarks/sampling_grid.py`` (``reports/sampling/``, its rule printed there): temperature 0.7, top-k 5,
+    no top-p, the paper's repetition penalty 1.2 over 64 tokens, and the pitch prior of the target track's
+    context at strength 1 for key and register. :data:`PAPER_SAMPLING` holds the paper's settings
+    (1.0, 1.2, 20, 0.95, 9e-4, no prior).
     """
 
-    temperature: float = 1.0
+    temperature: float = 0.7
     """Divide the logits by this before sampling (> 0)."""
     repetition_penalty: float = 1.2
     """Divide positive / multiply negative logits of recently seen tokens by this (1.0 = off)."""
@@ -97,9 +100,9 @@ class SampleConfig:
     repetition_spare: bool = False
     """Spare the ids that write a position, pitch or duration from the repetition penalty (loops and ostinati
     repeat them on purpose); the penalty then falls on velocities and the like."""
-    top_k: int = 20
+    top_k: int = 5
     """Keep only the k most likely tokens (0 = off)."""
-    top_p: float = 0.95
+    top_p: float = 1.0
     """Keep the smallest set of tokens whose probability sums to at least p (1.0 = off)."""
     min_prob: float = 9e-4
     """Drop tokens whose probability is below this floor (0 = off); the most likely token always stays."""
@@ -111,9 +114,9 @@ class SampleConfig:
     """Fresh attempts for a variation that hit the hard token limit before GenerationError is raised."""
     control_retries: int = 0
     """Re-sample each bar whose achieved controls miss the requested ones up to this many times (best kept)."""
-    keep_key: float = 0.0
+    keep_key: float = 1.0
     """Bar infilling: pull pitches toward the pitch classes of the target track's context bars (0 = off)."""
-    keep_register: float = 0.0
+    keep_register: float = 1.0
     """Bar infilling: pull pitches toward the pitch range of the target track's context bars (0 = off)."""
 
     def __post_init__(self) -> None:
@@ -155,6 +158,11 @@ def _finite_at_least_zero(value: object) -> bool:
     """``value`` is a real number (not a bool or a string), finite and >= 0."""
     real = isinstance(value, (int, float)) and not isinstance(value, bool)
     return real and math.isfinite(value) and value >= 0
+
+
+PAPER_SAMPLING = {"temperature": 1.0, "repetition_penalty": 1.2, "top_k": 20, "top_p": 0.95, "min_prob": 9e-4,
+                  "keep_key": 0.0, "keep_register": 0.0}
+"""The paper's sampling settings as ``SampleConfig`` fields: ``SampleConfig(**PAPER_SAMPLING)``."""
 
 
 @dataclass(frozen=True)

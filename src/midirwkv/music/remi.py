@@ -107,7 +107,31 @@ def load_score(source: str | Path | bytes | bytearray):
     if not any(len(t.notes) for t in score.tracks):
         raise BadMidiError("the file holds no notes", argument="source", value=label,
                            fix="pass a MIDI file with at least one note")
+    _check_times(score, label)
     return score
+
+
+def _check_times(score, label: str) -> None:
+    """Refuse events at negative ticks or notes with negative durations (BadMidiError).
+
+    symusic keeps ticks in 32 bits: a file whose delta times add up past 2**31 wraps round to negative times
+    (found by the fuzzer; such notes used to index the bar grid out of range). No real file comes near: at
+    480 ticks per quarter and 120 bpm, 2**31 ticks is over 400 days.
+    """
+    lowest = 0
+    for track in score.tracks:
+        for events, columns in ((track.notes, ("time", "duration")), (track.controls, ("time",)),
+                                (track.pitch_bends, ("time",)), (track.pedals, ("time", "duration"))):
+            if len(events):
+                arr = events.numpy()
+                lowest = min(lowest, *(int(arr[c].min()) for c in columns))
+        lowest = min(lowest, min((int(e.time) for e in track.lyrics), default=0))
+    for events in (score.tempos, score.time_signatures, score.key_signatures, score.markers):
+        lowest = min(lowest, min((int(e.time) for e in events), default=0))
+    if lowest < 0:
+        raise BadMidiError("the file's delta times add up past 2**31 ticks (times wrap round to negative values)",
+                           argument="source", value=label,
+                           fix="the file is corrupt or spaces its events absurdly far apart; re-export it")
 
 
 # ------------------------------------------------------------------------------------------------ limits
@@ -511,6 +535,7 @@ def encode_score(score, vocab, meter_override: tuple[int, int] | None = None, *,
         raise BadMidiError("the score has 0 ticks per quarter note", argument="ticks_per_quarter", value=tpq,
                            fix="re-export the file with a normal resolution (e.g. 480)")
     check_limits(score, limits, meter_override)
+    _check_times(score, "<score>")      # a Score built in Python never went through load_score
     tb = tables(vocab)
     if grid is not None:
         bar_ticks, sigs = list(grid[0]), list(grid[1])

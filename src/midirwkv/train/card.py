@@ -143,8 +143,11 @@ def _training_lines(meta: dict, tcfg: dict) -> list[str]:
         f"step, AdamW lr {tcfg.get('lr')} (warm-up {tcfg.get('warmup_steps')} steps, cosine to "
         f"{tcfg.get('lr_floor')}), betas {tcfg.get('betas')}, weight decay {tcfg.get('weight_decay')} on matrices, "
         f"grad clip {tcfg.get('grad_clip')}, track-infilling samples p={tcfg.get('p_track')}, pitch/velocity "
-        f"augmentation {'on' if tcfg.get('augment') else 'off'}, seed {tcfg.get('seed')}.",
-        f"- Started from: {meta.get('init_from') or 'random initialisation'}.",
+        f"augmentation {'on' if tcfg.get('augment') else 'off'}, seed {tcfg.get('seed')}, "
+        f"prompt layout {tcfg.get('prompt_layout', 'file_order')}, span loss weight {tcfg.get('span_weight', 1.0)}.",
+        f"- Started from: {meta.get('init_from') or 'random initialisation'}"
+        + (f", grown from {meta['grown_from_layers']} layers (new layers start as no-ops)."
+           if meta.get("grown_from_layers") else "."),
     ]
     if len(runs) > 1:
         tokens = sum(r.get("tokens_seen") or 0 for r in runs)
@@ -163,7 +166,9 @@ def _training_lines(meta: dict, tcfg: dict) -> list[str]:
             lines.append(f"  {i}. {r.get('steps')} steps, {r.get('tokens_seen'):,} tokens, "
                          f"{(r.get('elapsed_s') or 0) / 60:.1f} min on {c.get('threads') or 'all'} thread(s), "
                          f"{_cpu_text(r)}, lr {c.get('lr')} -> {c.get('lr_floor')}, "
-                         f"seed {c.get('seed')}; validation loss at its end "
+                         f"seed {c.get('seed')}, layout {c.get('prompt_layout', 'file_order')}"
+                         + (f", grown from {r['grown_from_layers']} layers" if r.get("grown_from_layers") else "")
+                         + "; validation loss at its end "
                          f"{last.get('val_loss', float('nan')):.4f}")
     return lines
 
@@ -180,6 +185,10 @@ def _train_commands(meta: dict, cfg: dict, vocab_size: int) -> list[str]:
                      f"--head-size {cfg['head_size']} --lora-dim {cfg['decay_lora']}")
         else:
             start = "--init-from src/midirwkv/assets/default_model"
+            if r.get("grown_from_layers"):
+                start += f" --layers {(t.get('model') or {}).get('n_layer', cfg['n_layer'])}"
+        if "prompt_layout" in t:
+            start += f" --prompt-layout {t['prompt_layout']} --span-weight {t.get('span_weight', 1.0)}"
         lines.append(f"midirwkv train --data cache/scraped -o {name} {start} --ctx-len {t.get('ctx_len')} "
                      f"--micro-batch {t.get('micro_batch')} --lr {t.get('lr')} --lr-floor {t.get('lr_floor')} "
                      f"--warmup-steps {t.get('warmup_steps')} --max-minutes {t.get('max_minutes')} "
@@ -247,7 +256,8 @@ def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
         "## Reproduce",
         "",
         "```",
-        "midirwkv prepare " + " ".join(manifest.get("sources", [])) + " -o cache/scraped",
+        "midirwkv prepare " + " ".join(f"CORPORA_DIR/{Path(s).name}" for s in manifest.get("sources", []))
+        + " -o cache/scraped",
         f"midirwkv bpe-train cache/scraped -o bpe{vocab.size}.json --vocab-size {vocab.size} --limit 1000000",
         *_train_commands(meta, cfg, vocab.size),
         *(["python -m midirwkv.train.card runs/default"] if len(lineage(meta)) == 1 else []),
@@ -275,26 +285,32 @@ def _val_settings(meta: dict) -> dict:
     return {k: c.get(k) for k in _VAL_KEYS} | {"data": (meta.get("data_manifest") or {}).get("vocab_hash")}
 
 
-def compare_on_same_samples(run_dir: str | Path, out: str | Path, data_dir: str | Path) -> tuple[float, float]:
-    """Validation loss of the model in ``out`` and of ``run_dir/final`` on the samples ``out``'s run validated on.
+def compare_on_same_samples(run_dir: str | Path, out: str | Path, data_dir: str | Path
+                            ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((loss, span loss) of the model in ``out``, (loss, span loss) of ``run_dir/final``) on the samples
+    ``out``'s run validated on.
 
     Runs with other validation settings (another seed before ``val_seed`` existed, another context) logged
     losses on other samples; this recomputes both on one set so that the better-only rule compares like with like.
+    Each model reads the samples in the prompt layout it was trained with (``music.infill.layout_of``): the same
+    files, spans, tracks and infilled tokens, only the order of the context tracks differs, so the span losses
+    of two layouts are comparable.
     """
     from midirwkv.config import TrainConfig
     from midirwkv.model.checkpoint import load_checkpoint
+    from midirwkv.music.infill import layout_of
     from midirwkv.music.vocab import Vocab
     from midirwkv.train.loop import validation_loss
 
     old_meta = _meta(Path(out))
     settings = _val_settings(old_meta)
     tc = dict(old_meta.get("train_config") or {})
-    cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(run_dir), model=tc.get("model") or {}, max_steps=1,
-                      **{k: settings[k] for k in _VAL_KEYS})
     losses = []
     for folder in (Path(out), Path(run_dir) / "final"):
-        model, tokenizer, _ = load_checkpoint(folder)
-        losses.append(validation_loss(model, data_dir, Vocab.load(tokenizer), cfg)[0])
+        model, tokenizer, meta = load_checkpoint(folder)
+        cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(run_dir), model=tc.get("model") or {}, max_steps=1,
+                          prompt_layout=layout_of(meta), **{k: settings[k] for k in _VAL_KEYS})
+        losses.append(validation_loss(model, data_dir, Vocab.load(tokenizer), cfg))
     return losses[0], losses[1]
 
 
@@ -327,15 +343,29 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
             raise BadRequestError("the new model uses another tokenizer: losses are not comparable",
                                   argument="--force", value=False,
                                   fix="compare them with `midirwkv evaluate` (bits per note), then pass --force")
-        if old_val is not None and _val_settings(_meta(out)) != _val_settings(meta):
+        from midirwkv.music.infill import layout_of
+
+        layouts = (layout_of(_meta(out)), layout_of(meta))
+        if old_val is not None and (_val_settings(_meta(out)) != _val_settings(meta) or layouts[0] != layouts[1]):
             if data_dir is None:
-                raise BadRequestError("the two runs validated on different samples: their losses are not "
-                                      "comparable", argument="--data", value=None,
+                raise BadRequestError("the two runs validated on different samples (or layouts): their losses are "
+                                      "not comparable", argument="--data", value=None,
                                       fix="pass --data CACHE_DIR to measure both on the same samples")
-            old_val, new_val = compare_on_same_samples(run_dir, out, data_dir)
-            comparison = (f"Compared with the model it replaced on the same {_val_settings(_meta(out))['eval_batches']}"
-                          f" validation batches (that model's validation settings): {old_val:.4f} before, "
-                          f"{new_val:.4f} now.")
+            (old_all, old_span), (new_all, new_span) = compare_on_same_samples(run_dir, out, data_dir)
+            n_batches = _val_settings(_meta(out))['eval_batches']
+            if layouts[0] != layouts[1]:
+                # the context comes in another order: the infilled tokens are what both predict alike
+                old_val, new_val = old_span, new_span
+                comparison = (f"Compared with the model it replaced on the same {n_batches} validation batches "
+                              f"(that model's validation settings), each model reading them in its own prompt "
+                              f"layout ({layouts[0]} before, {layouts[1]} now), on the infilled tokens: span loss "
+                              f"{old_span:.4f} before, {new_span:.4f} now (all tokens: {old_all:.4f}, "
+                              f"{new_all:.4f}).")
+            else:
+                old_val, new_val = old_all, new_all
+                comparison = (f"Compared with the model it replaced on the same {n_batches} validation batches "
+                              f"(that model's validation settings): {old_all:.4f} before, {new_all:.4f} now "
+                              f"(span loss {old_span:.4f}, {new_span:.4f}).")
             notes = f"{comparison}\n\n{notes}" if notes else comparison
         if old_val is not None and (new_val is None or new_val >= old_val):
             raise BadRequestError("the new model is not better than the bundled one", argument="run_dir",
