@@ -170,3 +170,19 @@ def test_bad_pitch_prior_strength_is_one_line_error(tmp_path, capsys, flag, valu
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert flag in err or flag[2:].replace("-", "_") in err, err
     assert not (tmp_path / "o.mid").exists()
+
+
+def test_openmp_waits_passively_unless_the_user_says_otherwise():
+    """Spinning OpenMP threads made a 4-bar infill 20x slower on a busy machine: importing midirwkv sets
+    OMP_WAIT_POLICY=PASSIVE before torch loads, and keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import midirwkv, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
