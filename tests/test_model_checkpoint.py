@@ -125,3 +125,37 @@ def test_rwkv_pth_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="weights-only"):
         import_rwkv_pth(tmp_path / "junk.pth")
+
+
+def test_split_weights_round_trip_bit_exactly(tmp_path, tokenizer):
+    """fp16 weights split into files of bounded size load, join and split again bit for bit."""
+    from midirwkv.model.checkpoint import SHARD_NAME, join_weights, read_weights, weight_files
+
+    m = tiny_model(cfg=ModelConfig(vocab_size=500, n_layer=2, n_embd=64, head_size=32, decay_lora=8, aaa_lora=8,
+                                   mv_lora=8, gate_lora=16))
+    limit = 200 * 1024
+    out = save_checkpoint(tmp_path / "split", m, tokenizer, {"step": 1}, dtype=torch.float16, shard_bytes=limit)
+    parts = weight_files(out)
+    assert len(parts) > 2 and not (out / "model.safetensors").exists()
+    assert [p.name for p in parts] == [SHARD_NAME.format(index=i, count=len(parts)) for i in range(1, len(parts) + 1)]
+    assert all(p.stat().st_size <= limit for p in parts)
+    tensors, _ = read_weights(out)
+    want = {k: v.to(torch.float16) for k, v in m.state_dict().items()}
+    assert tensors.keys() == want.keys()
+    assert all(t.dtype == torch.float16 and torch.equal(t.view(torch.int16), want[k].view(torch.int16))
+               for k, t in tensors.items())
+    m2, _, meta = load_checkpoint(out)                          # joined on load, cast back to float32
+    assert meta == {"step": 1}
+    assert all(torch.equal(v, want[k].float()) for k, v in m2.state_dict().items())
+    joined = join_weights(out, tmp_path / "joined.safetensors")
+    one = save_checkpoint(tmp_path / "one", m, tokenizer, {}, dtype=torch.float16)
+    assert joined.read_bytes() == (one / "model.safetensors").read_bytes()
+    again = save_checkpoint(tmp_path / "again", m2, tokenizer, {"step": 1}, dtype=torch.float16, shard_bytes=limit)
+    assert [p.read_bytes() for p in weight_files(again)] == [p.read_bytes() for p in parts]
+    parts[-1].unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint(out)
+    save_checkpoint(tmp_path / "both", m, tokenizer, {}, shard_bytes=limit)
+    (tmp_path / "both" / "model.safetensors").write_bytes((one / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="both"):
+        load_checkpoint(tmp_path / "both")

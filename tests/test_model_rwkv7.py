@@ -203,3 +203,19 @@ def test_inplace_step_matches():
             lo_b, b2 = m.step(idx[:, t], b, inplace=True)
             assert b2 is b
             assert torch.allclose(lo_a, lo_b) and torch.allclose(a.wkv, b.wkv) and torch.equal(a.att_x, b.att_x)
+
+
+def test_chunked_kernel_choice_computes_the_same_model():
+    """``wkv_kernel="chunked"`` (the device runs' tested path) and the default dispatch agree."""
+    from midirwkv.config import ModelConfig
+    from midirwkv.model.rwkv7 import RWKV7
+
+    torch.manual_seed(0)
+    m = RWKV7(ModelConfig(vocab_size=50, n_layer=2, n_embd=64, head_size=32, decay_lora=8, aaa_lora=8, mv_lora=8,
+                          gate_lora=16)).eval()
+    idx = torch.randint(0, 50, (2, 40))
+    with torch.no_grad():
+        auto = m(idx)
+        m.wkv_kernel = "chunked"
+        chunked = m(idx)
+    assert torch.allclose(auto, chunked, atol=1e-4, rtol=1e-4)

@@ -100,3 +100,14 @@ def test_bad_shapes_raise():
         wkv_ref(r, w, k, v, a, b, s0[:, :1])
     with pytest.raises(BadRequestError):
         wkv_chunked(r[0], w[0], k[0], v[0], a[0], b[0])
+
+
+def test_chunked_stays_float32_under_bf16_autocast():
+    """Training autocasts to bf16; the recurrence must not (its decay factors need float32's mantissa)."""
+    args = make_inputs(T=70)
+    plain = wkv_chunked(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = wkv_chunked(*args)
+        ref = wkv_ref(*args)
+    assert torch.equal(cast[0], plain[0]) and torch.equal(cast[1], plain[1])
+    assert rel(ref[0], plain[0]) < 1e-4

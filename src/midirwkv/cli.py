@@ -243,6 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("pack-device", help="pack training samples, validation batches and tokenizer for a one-shot "
+                                           "GPU run (python -m midirwkv.train.device)",
+                       epilog="example:\n  midirwkv pack-device --data cache/scraped -o device --workers 2\n"
+                              "  python -m midirwkv.train.device --pack device --out OUT_DIR --minutes 9",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="token cache written by `midirwkv prepare`")
+    p.add_argument("-o", "--output", default="device", metavar="DIR",
+                   help="pack folder (default: device, git-ignored; parts written earlier are reused)")
+    p.add_argument("--tokenizer", metavar="JSON", help="tokenizer of the ids (default: the bundled model's)")
+    p.add_argument("--max-mib", type=float, default=45.0, help="size of the pack (default 45 MiB)")
+    p.add_argument("--max-samples", type=int, default=0, help="at most this many training samples (0: as fit)")
+    p.add_argument("--part-samples", type=int, default=1024, help="training samples per part file")
+    p.add_argument("--workers", type=int, default=1, help="processes building samples")
+    p.add_argument("--start", metavar="DIR", help="checkpoint to copy into the pack as the run's start (the "
+                                                  "bundled model travels with the working tree anyway)")
+    for flag, kind, text in (("--ctx-len", int, "tokens per sample (default 2048, the CPU runs')"),
+                             ("--seed", int, "seed of the training samples (default 0)"),
+                             ("--p-track", float, "share of track-infilling samples (default 0.25)"),
+                             ("--val-seed", int, "seed of the validation samples (default 0)"),
+                             ("--eval-batches", int, "validation batches (default 6)"),
+                             ("--micro-batch", int, "samples per validation batch (default 4)")):
+        p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--prompt-layout", choices=("target_last", "file_order"), help="default target_last")
+    p.add_argument("--no-augment", action="store_true", help="no pitch/velocity augmentation of training samples")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_pack_device)
+
     p = sub.add_parser("inspect", help="tracks, bars, meters and per-bar controls of a MIDI file")
     p.add_argument("input", metavar="IN.mid")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -527,6 +554,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info if isinstance(info, (dict, list)) else info.to_dict(), indent=2))
     else:
         print(info if isinstance(info, str) else music_inspect.format_description(info))
+    return 0
+
+
+def cmd_pack_device(args: argparse.Namespace) -> int:
+    """``midirwkv pack-device``: the folder a one-shot GPU run trains from (``midirwkv.train.pack``)."""
+    from midirwkv.train.pack import default_pack_config, pack_device
+
+    fields = {k: v for k, v in (("ctx_len", args.ctx_len), ("seed", args.seed), ("p_track", args.p_track),
+                                ("val_seed", args.val_seed), ("eval_batches", args.eval_batches),
+                                ("micro_batch", args.micro_batch), ("prompt_layout", args.prompt_layout))
+              if v is not None}
+    if args.no_augment:
+        fields["augment"] = False
+    cfg = default_pack_config(args.data, args.output, **fields)
+    meta = pack_device(args.data, args.output, cfg, tokenizer=args.tokenizer, max_mib=args.max_mib,
+                       part_samples=args.part_samples, max_samples=args.max_samples, workers=args.workers,
+                       start=args.start, progress=not args.quiet)
+    tr = meta["train"]
+    print(json.dumps({"pack": args.output, "bytes": meta["bytes"], "samples": tr["samples"], "tokens": tr["tokens"],
+                      "share": tr["share"], "validation_samples": meta["valid"]["samples"],
+                      "build_s": meta["build_s"]}))
     return 0
 
 

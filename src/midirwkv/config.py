@@ -318,6 +318,115 @@ class TrainConfig:
         return _from_dict(cls, data)
 
 
+DEVICE_CANDIDATES = ("4x128", "6x256", "8x256", "8x384", "12x384")
+"""Model sizes (``LAYERSxWIDTH``) a device run measures by default, smallest first."""
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"8x384"`` -> ``(8, 384)`` (layers, width); a clear error for anything else."""
+    parts = str(size).lower().split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise BadRequestError("a model size is LAYERSxWIDTH", argument="size", value=size, fix="write e.g. 8x384")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One time-boxed training run on a lent accelerator (``python -m midirwkv.train.device``) from the folder
+    ``midirwkv pack-device`` writes. The sample settings (context, layout, augmentation, validation samples) are
+    the pack's; the optimizer settings not named here are :class:`TrainConfig`'s defaults, as on the CPU."""
+
+    pack: str = ""
+    """Folder written by ``midirwkv pack-device`` (training samples, validation batches, tokenizer)."""
+    out_dir: str = ""
+    """Folder the checkpoint is returned in: ``final/`` (split fp16 weights, config, tokenizer, meta) and
+    ``train_log.csv``."""
+    minutes: float = 9.0
+    """Wall-clock budget of the whole run from its start: checks, measuring, training and the last checkpoint."""
+    device: str = "cuda"
+    """``"cuda"`` (refuses to start without a GPU) or ``"cpu"`` (tests and dry runs)."""
+    size: str = ""
+    """Model size ``LAYERSxWIDTH`` (e.g. ``"8x384"``); empty: measure ``candidates`` and pick one."""
+    candidates: tuple[str, ...] = DEVICE_CANDIDATES
+    """Sizes measured when ``size`` is empty."""
+    tokens_per_param: float = 20.0
+    """The pick: the largest candidate that sees at least this many tokens per parameter in the time left."""
+    measure_s: float = 20.0
+    """Seconds spent measuring tokens per second, over all candidates together."""
+    start: str = ""
+    """Checkpoint whose weights start a size of its width (grown in depth when deeper); empty: the pack's
+    ``start/`` if it has one, else the bundled model; ``"none"``: every size starts from random weights."""
+    micro_batch: int = 0
+    """Sequences per forward pass, a multiple of the pack's validation micro-batch; 0: 64 on CUDA (halved until
+    it fits in memory), the validation micro-batch on the CPU."""
+    lr: float = 1e-3
+    """Peak learning rate (a GPU batch holds ~16 x the CPU runs' tokens)."""
+    lr_floor: float = 1e-4
+    """Learning rate the cosine reaches when the training time is up."""
+    warmup_steps: int = 30
+    """Optimizer steps of linear warm-up."""
+    span_weight: float = 1.0
+    """Loss weight of the infilled tokens, as ``TrainConfig.span_weight``."""
+    ckpt_every_s: float = 60.0
+    """Validate and write the checkpoint about every this many seconds of training, and at the end."""
+    log_every_s: float = 10.0
+    """Print a progress line and a ``train_log.csv`` row about every this many seconds."""
+    seed: int = 0
+    """Seed of the initialisation and of the order of the packed samples after their first pass."""
+    kernel: str = "chunked"
+    """WKV path: ``"chunked"`` (``wkv.wkv_chunked``, the path the CPU tests cover) or ``"auto"``
+    (``wkv.wkv``: flash-linear-attention's kernel when installed, else the chunked one)."""
+    shard_mib: float = 15.0
+    """Largest weights file of the returned checkpoint, MiB."""
+    max_ckpt_mib: float = 60.0
+    """Largest returned checkpoint (all weights files), MiB; larger sizes are not measured."""
+    max_files: int = 8
+    """Files the returned folder may hold (weights parts, config, tokenizer, meta, log)."""
+    threads: int = 0
+    """CPU threads for torch (0 leaves torch's default)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.candidates, (list, str)):
+            value = self.candidates.split(",") if isinstance(self.candidates, str) else self.candidates
+            object.__setattr__(self, "candidates", tuple(s.strip() for s in value if s.strip()))
+        for s in ((self.size,) if self.size else ()) + tuple(self.candidates):
+            parse_size(s)
+        checks = (
+            ("pack", isinstance(self.pack, str) and bool(self.pack), "pass the folder `midirwkv pack-device` wrote"),
+            ("out_dir", isinstance(self.out_dir, str) and bool(self.out_dir), "pass a folder for the checkpoint"),
+            ("minutes", self.minutes > 0, "use a positive number of minutes, e.g. 9"),
+            ("device", self.device in ("cuda", "cpu"), "use 'cuda' or 'cpu'"),
+            ("candidates", bool(self.size or self.candidates), "name at least one size, e.g. 6x256"),
+            ("tokens_per_param", self.tokens_per_param > 0, "use e.g. 20"),
+            ("measure_s", self.measure_s >= 0, "use 0 or more seconds, e.g. 20"),
+            ("micro_batch", isinstance(self.micro_batch, int) and self.micro_batch >= 0, "use 0 (auto) or a count"),
+            ("lr", self.lr > 0, "use a positive learning rate, e.g. 1e-3"),
+            ("lr_floor", 0 <= self.lr_floor <= self.lr, "use 0 <= lr_floor <= lr"),
+            ("warmup_steps", isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "use 0 or more steps"),
+            ("span_weight", 0 < self.span_weight <= 100, "use a weight in (0, 100], e.g. 1"),
+            ("ckpt_every_s", self.ckpt_every_s > 0, "use e.g. 60 seconds"),
+            ("log_every_s", self.log_every_s > 0, "use e.g. 10 seconds"),
+            ("kernel", self.kernel in ("chunked", "auto"), "use 'chunked' (the tested path) or 'auto'"),
+            ("shard_mib", self.shard_mib >= 1, "use at least 1 MiB, e.g. 15"),
+            ("max_ckpt_mib", self.max_ckpt_mib >= self.shard_mib, "use at least shard_mib"),
+            ("max_files", isinstance(self.max_files, int) and self.max_files >= 5, "use at least 5 files"),
+            ("threads", isinstance(self.threads, int) and self.threads >= 0, "use 0 (default) or a count"),
+        )
+        for name, ok, fix in checks:
+            if not ok:
+                raise BadRequestError(f"invalid device setting {name}", argument=name, value=getattr(self, name),
+                                      fix=fix)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["candidates"] = list(self.candidates)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DeviceConfig:
+        return _from_dict(cls, data)
+
+
 @dataclass(frozen=True)
 class StyleConfig:
     """Settings of style adaptation (``midirwkv.train.style``): state tuning or LoRA on a few songs.

@@ -7,7 +7,10 @@ A checkpoint folder is self-sufficient::
     tokenizer.json      the tokenizer the model was trained with (copied)
     meta.json           training metadata (free-form JSON)
 
-It is written to a temporary sibling folder and renamed into place, so a crash never leaves half a folder.
+The weights may instead be split into ``model-0001-of-000N.safetensors`` files of a bounded size (a checkpoint
+that must pass a limit on file sizes, e.g. one trained on a lent GPU); :func:`read_weights` joins them, so every
+loader reads both forms. It is written to a temporary sibling folder and renamed into place, so a crash never
+leaves half a folder.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,12 +35,42 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 META = "meta.json"
+SHARD_NAME = "model-{index:04d}-of-{count:04d}.safetensors"
+"""Name of one part of split weights (1-based index)."""
+_SHARD_RE = re.compile(r"^model-(\d{4})-of-(\d{4})\.safetensors$")
+_HEADER_ROOM = 64 * 1024
+"""Bytes kept free in each part for the safetensors header (names, shapes, offsets: a few KiB here)."""
 
 
-def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Path, meta: dict | None = None) -> Path:
+def shard_plan(tensors: dict[str, Tensor], max_bytes: int) -> list[list[str]]:
+    """Tensor names of each part when ``tensors`` are split into files of at most ``max_bytes`` (header
+    included): greedy, in the dict's order, a new part when the next tensor would overflow this one."""
+    room = max_bytes - _HEADER_ROOM
+    if room <= 0:
+        raise BadRequestError("the part size is too small for a safetensors header", argument="shard_bytes",
+                              value=max_bytes, fix=f"use at least {2 * _HEADER_ROOM} bytes, e.g. 15 MiB")
+    parts: list[list[str]] = [[]]
+    used = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        if size > room:
+            raise BadRequestError(f"tensor {name} alone is larger than one part", argument="shard_bytes",
+                                  value=max_bytes, fix=f"use parts of at least {size + _HEADER_ROOM} bytes")
+        if used + size > room and parts[-1]:
+            parts.append([])
+            used = 0
+        parts[-1].append(name)
+        used += size
+    return parts
+
+
+def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Path, meta: dict | None = None, *,
+                    dtype: torch.dtype | None = None, shard_bytes: int = 0) -> Path:
     """Write ``model``, its config, a copy of ``tokenizer_json_path`` and ``meta`` to folder ``dir`` atomically.
 
-    An existing folder at ``dir`` is replaced only once the new one is complete.
+    An existing folder at ``dir`` is replaced only once the new one is complete. ``dtype`` stores the floating
+    weights in that type (e.g. ``torch.float16``; loading casts them back to the model's); ``shard_bytes > 0``
+    splits them into :data:`SHARD_NAME` files of at most that many bytes each.
     """
     from midirwkv.files import save_safetensors
 
@@ -51,6 +85,9 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
         raise BadRequestError(f"meta is not JSON-serialisable ({exc})", argument="meta", value=type(meta).__name__,
                               fix="use only str, int, float, bool, None, lists and dicts in meta") from exc
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    plan = shard_plan(tensors, shard_bytes) if shard_bytes > 0 else None
     file_meta = {"format": "pt"}
     mods = lora_modules(model)
     if mods:
@@ -60,7 +97,15 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
     dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dir.name}.", dir=dir.parent))
     try:
-        save_safetensors(tensors, tmp / WEIGHTS, metadata=file_meta)
+        if plan is None:
+            save_safetensors(tensors, tmp / WEIGHTS, metadata=file_meta)
+        else:
+            for i, names in enumerate(plan, 1):
+                path = tmp / SHARD_NAME.format(index=i, count=len(plan))
+                save_safetensors({k: tensors[k] for k in names}, path, metadata=file_meta)
+                if path.stat().st_size > shard_bytes:    # the header outgrew its room: never silently
+                    raise CheckpointError("a weights part exceeds its size limit", argument="shard_bytes",
+                                          value=shard_bytes, fix="use a larger part size")
         (tmp / CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
         shutil.copyfile(tok, tmp / TOKENIZER)
         (tmp / META).write_text(meta_text)
@@ -96,10 +141,9 @@ def _read_json(path: Path, what: str) -> dict:
 def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tuple[RWKV7, Path, dict]:
     """Load a folder written by :func:`save_checkpoint` -> ``(model, tokenizer_json_path, meta)``.
 
-    The model comes back in eval mode; LoRA layers and learned start states are restored when present.
+    The model comes back in eval mode; LoRA layers and learned start states are restored when present. Split
+    weights (:data:`SHARD_NAME` files) are joined.
     """
-    from safetensors import safe_open
-
     dir = Path(dir)
     if not dir.is_dir():
         raise CheckpointError("checkpoint folder not found", argument="dir", value=str(dir),
@@ -116,17 +160,8 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tupl
     if not tok.is_file():
         raise CheckpointError(f"checkpoint lacks {TOKENIZER}", argument="dir", value=str(dir),
                               fix="copy the tokenizer the model was trained with into the folder")
-    wpath = dir / WEIGHTS
-    if not wpath.is_file():
-        raise CheckpointError(f"checkpoint lacks {WEIGHTS}", argument="dir", value=str(dir),
-                              fix="save the checkpoint again with save_checkpoint")
-    try:
-        with safe_open(str(wpath), framework="pt", device=str(device)) as f:
-            file_meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    except Exception as exc:  # safetensors raises several exception types on damaged files
-        raise CheckpointError(f"{WEIGHTS} is unreadable ({exc})", argument="dir", value=str(wpath),
-                              fix="the file is damaged or truncated; restore it or save the checkpoint again") from exc
+    tensors, file_meta = read_weights(dir, device)
+    wpath = weight_files(dir)[0]
     model = RWKV7(cfg)
     if "lora_rank" in file_meta:
         apply_lora(model, int(file_meta["lora_rank"]), float(file_meta["lora_alpha"]),
@@ -135,6 +170,68 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tupl
         model.enable_state_tuning(freeze=False)
     load_weights(model, tensors, source=str(wpath))
     return model.to(device).eval(), tok, meta
+
+
+def weight_files(dir: str | Path) -> list[Path]:
+    """The weight files of checkpoint folder ``dir``: ``[model.safetensors]``, or every part of split weights in
+    order (:data:`SHARD_NAME`); a missing or incomplete set is a :class:`CheckpointError`."""
+    dir = Path(dir)
+    single = dir / WEIGHTS
+    parts = sorted(p for p in dir.glob("model-*-of-*.safetensors") if _SHARD_RE.match(p.name)) if dir.is_dir() else []
+    if single.is_file():
+        if parts:
+            raise CheckpointError(f"checkpoint holds both {WEIGHTS} and split weights", argument="dir",
+                                  value=str(dir), fix="keep one of them (they may be different models)")
+        return [single]
+    if not parts:
+        raise CheckpointError(f"checkpoint lacks {WEIGHTS}", argument="dir", value=str(dir),
+                              fix="save the checkpoint again with save_checkpoint")
+    counts = {int(_SHARD_RE.match(p.name).group(2)) for p in parts}  # type: ignore[union-attr]
+    indices = [int(_SHARD_RE.match(p.name).group(1)) for p in parts]  # type: ignore[union-attr]
+    if len(counts) != 1 or indices != list(range(1, len(parts) + 1)) or counts != {len(parts)}:
+        raise CheckpointError("the split weights are incomplete", argument="dir",
+                              value=[p.name for p in parts], fix="copy every model-NNNN-of-NNNN.safetensors file "
+                                                                 "of the checkpoint into the folder")
+    return parts
+
+
+def read_weights(dir: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, safetensors metadata)`` of checkpoint folder ``dir``, split weights joined (in their stored
+    dtype: bit for bit what was saved)."""
+    from safetensors import safe_open
+
+    tensors: dict[str, Tensor] = {}
+    file_meta: dict[str, str] = {}
+    for path in weight_files(dir):
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                file_meta = f.metadata() or {}
+                for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    if k in tensors:
+                        raise CheckpointError(f"tensor {k} is in two weight files", argument="dir", value=str(path),
+                                              fix="save the checkpoint again with save_checkpoint")
+                    tensors[k] = f.get_tensor(k)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises several exception types on damaged files
+            raise CheckpointError(f"{path.name} is unreadable ({exc})", argument="dir", value=str(path),
+                                  fix="the file is damaged or truncated; restore it or save the checkpoint "
+                                      "again") from exc
+    return tensors, file_meta
+
+
+def join_weights(dir: str | Path, path: str | Path) -> Path:
+    """Write the weights of checkpoint folder ``dir`` (split or not) as one safetensors file ``path``."""
+    from midirwkv.files import save_safetensors
+
+    tensors, file_meta = read_weights(dir)
+    save_safetensors(tensors, path, metadata=file_meta)
+    return Path(path)
+
+
+def weights_bytes(dir: str | Path) -> int:
+    """Bytes of the weight files of checkpoint folder ``dir`` (all parts together)."""
+    return sum(p.stat().st_size for p in weight_files(dir))
 
 
 def load_weights(model: RWKV7, tensors: dict[str, Tensor], source: str = "state_dict") -> None:

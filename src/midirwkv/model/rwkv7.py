@@ -22,7 +22,7 @@ from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.model.decode import DecodeWeights, decode_step
 from midirwkv.model.state import State
-from midirwkv.model.wkv import DECAY_SCALE, DEFAULT_CHUNK, wkv, wkv_ref, wkv_step
+from midirwkv.model.wkv import DECAY_SCALE, DEFAULT_CHUNK, wkv, wkv_chunked, wkv_ref, wkv_step
 
 
 def _ortho(shape: tuple[int, ...], scale: float) -> Tensor:
@@ -118,8 +118,10 @@ class TimeMix(nn.Module):
         return self.output((y + bonus.view(B, T, C)) * g)
 
     def forward(self, x: Tensor, prev: Tensor, s0: Tensor, v_first: Tensor | None, chunk: int = DEFAULT_CHUNK,
-                reference: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """``x (B, T, C)``, last input ``prev (B, C)``, WKV state ``s0 (B, H, N, N)`` -> (out, state, v_first)."""
+                reference: bool = False, kernel: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, T, C)``, last input ``prev (B, C)``, WKV state ``s0 (B, H, N, N)`` -> (out, state, v_first).
+
+        ``kernel``: ``"auto"`` (``wkv.wkv``: the fastest available path) or ``"chunked"`` (``wkv.wkv_chunked``)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         r, w, k, v, kk, iclr, g, v_first = self.projections(x, _token_shift(x, prev), v_first)
@@ -129,6 +131,8 @@ class TimeMix(nn.Module):
         elif T == 1:
             y, s = wkv_step(*(t[:, 0] for t in heads), s0)
             y = y.unsqueeze(1)
+        elif kernel == "chunked":
+            y, s = wkv_chunked(*heads, s0, chunk)
         else:
             y, s = wkv(*heads, s0, chunk)
         return self.finish(y.reshape(B, T, C), r, k, v, g), s, v_first
@@ -179,6 +183,9 @@ class RWKV7(nn.Module):
         self.cfg = cfg
         self.wkv_chunk = DEFAULT_CHUNK
         """Chunk length of the parallel WKV (16-64 are all stable)."""
+        self.wkv_kernel = "auto"
+        """WKV path of sequences: ``"auto"`` (``wkv.wkv``: fla on CUDA when installed, the native C recurrence on
+        the CPU, else the chunked form) or ``"chunked"`` (always ``wkv.wkv_chunked``, the tested PyTorch path)."""
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(cfg.n_embd)
@@ -303,7 +310,8 @@ class RWKV7(nn.Module):
             if i == 0:
                 x = block.ln0(x)
             h = block.ln1(x)
-            dx, s, v_first = block.att(h, state.att_x[i], state.wkv[i], v_first, self.wkv_chunk, reference)
+            dx, s, v_first = block.att(h, state.att_x[i], state.wkv[i], v_first, self.wkv_chunk, reference,
+                                          self.wkv_kernel)
             att_x.append(h[:, -1])
             wkv_s.append(s)
             x = x + dx

@@ -20,7 +20,9 @@ prefill, forward and backward with checkpointed states for training), else the c
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -50,6 +52,17 @@ def _check(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, sta
                                   fix=f"pass a ({B}, {H}, {N}, {N}) float32 tensor or None for zeros")
 
 
+@contextlib.contextmanager
+def _float32(r: Tensor) -> Iterator[None]:
+    """Autocast off inside the recurrence: under bf16 autocast (training on CUDA) its matrix products would
+    otherwise run in bf16, whose 8-bit mantissa cannot carry the chunked form's decay factors (up to ~2e4)."""
+    if torch.is_autocast_enabled(r.device.type):
+        with torch.autocast(device_type=r.device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
 def _zero_state(r: Tensor) -> Tensor:
     B, _, H, N = r.shape
     return torch.zeros(B, H, N, N, dtype=torch.float32, device=r.device)
@@ -72,6 +85,12 @@ def wkv_ref(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
             state0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The specification: a plain loop over time. Returns ``(y (B,T,H,N), state_T (B,H,N,N))``."""
     _check(r, w, k, v, a, b, state0)
+    with _float32(r):
+        return _wkv_ref(r, w, k, v, a, b, state0)
+
+
+def _wkv_ref(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
+             state0: Tensor | None) -> tuple[Tensor, Tensor]:
     S = _zero_state(r) if state0 is None else state0.float()
     ys = []
     for t in range(r.shape[1]):
@@ -92,11 +111,18 @@ def wkv_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor
         y_t = S_0 (r_t e^{c_t})     + sum_{s<=t} [(r_t e^{c_t-c_s}) . b_s] u_s + [(r_t e^{c_t-c_s}) . k_s] v_s
 
     The first line is a unit lower-triangular system in ``u``. Exponents are taken relative to the chunk's
-    middle so the two factors of every ``e^{c_t - c_s}`` stay within float32 range.
+    middle so the two factors of every ``e^{c_t - c_s}`` stay within float32 range. It runs in float32 even
+    under autocast.
     """
     _check(r, w, k, v, a, b, state0)
     if chunk < 1:
         raise BadRequestError("chunk must be positive", argument="chunk", value=chunk, fix="use e.g. 32")
+    with _float32(r):
+        return _wkv_chunked(r, w, k, v, a, b, state0, chunk)
+
+
+def _wkv_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state0: Tensor | None,
+                 chunk: int) -> tuple[Tensor, Tensor]:
     B, T, H, N = r.shape
     S = _zero_state(r) if state0 is None else state0.float()
     if T == 0:

@@ -3,7 +3,9 @@
 ``python -m midirwkv.train.card RUN_DIR [--out src/midirwkv/assets/default_model] [--notes NOTES.md]``
 
 Copies ``RUN_DIR/final`` (weights, config, tokenizer, meta) into ``--out``, draws the validation curve from
-``RUN_DIR/train_log.csv`` and writes ``MODEL_CARD.md`` from the numbers the run recorded. A model already in
+``RUN_DIR/train_log.csv`` and writes ``MODEL_CARD.md`` from the numbers the run recorded. ``RUN_DIR`` may be the
+folder a device run returned (``midirwkv.train.device``): its split weights are joined into one file, and the
+card records the device run (hardware, minutes, tokens, tokens/s, model FLOP utilisation). A model already in
 ``--out`` is replaced only when the new one is measurably better: a lower validation loss with the same
 tokenizer (pass ``--force`` to replace it anyway, e.g. after a tokenizer change, and say why in the notes).
 """
@@ -56,16 +58,34 @@ def _last_val(meta: dict) -> tuple[float | None, float | None]:
 
 
 def _params(folder: Path) -> int:
+    return sum(n for n, _ in _tensor_sizes(folder))
+
+
+def _tensor_sizes(folder: Path) -> list[tuple[int, str]]:
+    """(elements, dtype) of every tensor in the checkpoint's weights (split or not)."""
     from safetensors import safe_open
 
-    total = 0
-    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
-        for name in fh.keys():  # noqa: SIM118 (safetensors handles are not dicts)
-            n = 1
-            for d in fh.get_slice(name).get_shape():
-                n *= d
-            total += n
-    return total
+    from midirwkv.model.checkpoint import weight_files
+
+    out = []
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="pt") as fh:
+            for name in fh.keys():  # noqa: SIM118 (safetensors handles are not dicts)
+                sl = fh.get_slice(name)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                out.append((n, sl.get_dtype()))
+    return out
+
+
+def _weights_dtype(folder: Path) -> str:
+    """How the weights are stored, e.g. ``fp32`` or ``fp16`` (the dtype holding most elements)."""
+    counts: dict[str, int] = {}
+    for n, dtype in _tensor_sizes(folder):
+        counts[dtype] = counts.get(dtype, 0) + n
+    name = max(counts, key=counts.__getitem__) if counts else "?"
+    return {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}.get(name, name.lower())
 
 
 def _source_licences(sources: Sequence[str]) -> list[str]:
@@ -133,12 +153,27 @@ def _cpu_text(run: dict) -> str:
     return f"{cpu:.1f} CPU-min" + ("" if run.get("cpu_s") is not None else " (wall time x threads)")
 
 
+def _device_text(run: dict) -> str:
+    """A device run in words: hardware, minutes, tokens, tokens/s and model FLOP utilisation, as recorded."""
+    d = run["device"]
+    where = f"one {d.get('name', '?')}" + (" GPU" if d.get("kind") == "cuda" else f" ({d.get('kind')})")
+    peak = d.get("peak_flops") or 0
+    peak_text = f"{peak / 1e12:.1f} TFLOP/s" if peak >= 1e12 else f"{peak / 1e9:.1f} GFLOP/s"
+    precision = "bf16 autocast" if d.get("autocast") == "bf16" else "float32"
+    return (f"{(run.get('elapsed_s') or 0) / 60:.1f} min of training on {where} ({d.get('wall_s', 0) / 60:.1f} min "
+            f"for the whole command of a {d.get('minutes_budget')}-minute budget), {precision}, "
+            f"WKV kernel {d.get('kernel')}, batch {d.get('micro_batch')}: {d.get('tokens_per_s', 0):,.0f} tokens/s, "
+            f"model FLOP utilisation {d.get('mfu', 0):.1%} of a measured {peak_text} ({d.get('peak_measured')})")
+
+
 def _training_lines(meta: dict, tcfg: dict) -> list[str]:
     runs = lineage(meta)
+    where = (_device_text(meta) if meta.get("device") else
+             f"{meta.get('elapsed_s', 0) / 60:.1f} min on {tcfg.get('threads') or 'all'} CPU thread(s) of a 2-core "
+             f"machine, {_cpu_text(meta)}")
     lines = [
-        f"- Steps: {meta.get('steps')}; tokens seen: {meta.get('tokens_seen'):,}; training wall time: "
-        f"{meta.get('elapsed_s', 0) / 60:.1f} min on {tcfg.get('threads') or 'all'} CPU thread(s) of a 2-core machine"
-        f", {_cpu_text(meta)}" + (" (this run)." if len(runs) > 1 else "."),
+        f"- Steps: {meta.get('steps')}; tokens seen: {meta.get('tokens_seen'):,}; training: {where}"
+        + (" (this run)." if len(runs) > 1 else "."),
         f"- Context {tcfg.get('ctx_len')} tokens, {tcfg.get('micro_batch')} x {tcfg.get('grad_accum')} sequences per "
         f"step, AdamW lr {tcfg.get('lr')} (warm-up {tcfg.get('warmup_steps')} steps, cosine to "
         f"{tcfg.get('lr_floor')}), betas {tcfg.get('betas')}, weight decay {tcfg.get('weight_decay')} on matrices, "
@@ -149,6 +184,16 @@ def _training_lines(meta: dict, tcfg: dict) -> list[str]:
         + (f", grown from {meta['grown_from_layers']} layers (new layers start as no-ops)."
            if meta.get("grown_from_layers") else "."),
     ]
+    if meta.get("device"):
+        d = meta["device"]
+        sizes = "; ".join(f"{m['size']} {m['tokens_per_s']:,.0f} tokens/s" + ("" if m.get("fits", True) else
+                                                                              f" ({m.get('note')})")
+                          for m in d.get("measured") or [])
+        pack = d.get("pack") or {}
+        lines.append(f"- Device run: size {d.get('size')} ({d.get('params', 0) / 1e6:.2f} M parameters)"
+                     + (f" picked from the measured {sizes}" if sizes else " as asked")
+                     + f"; samples packed on the CPU: {pack.get('samples')} ({pack.get('share')}), "
+                     f"{pack.get('passes')} passes over them.")
     if len(runs) > 1:
         tokens = sum(r.get("tokens_seen") or 0 for r in runs)
         steps = sum(r.get("steps") or 0 for r in runs)
@@ -163,9 +208,11 @@ def _training_lines(meta: dict, tcfg: dict) -> list[str]:
         for i, r in enumerate(runs, 1):
             c = r.get("train_config") or {}
             last = (r.get("val_curve") or [{}])[-1]
-            lines.append(f"  {i}. {r.get('steps')} steps, {r.get('tokens_seen'):,} tokens, "
-                         f"{(r.get('elapsed_s') or 0) / 60:.1f} min on {c.get('threads') or 'all'} thread(s), "
-                         f"{_cpu_text(r)}, lr {c.get('lr')} -> {c.get('lr_floor')}, "
+            where = (_device_text(r) if r.get("device") else
+                     f"{(r.get('elapsed_s') or 0) / 60:.1f} min on {c.get('threads') or 'all'} thread(s), "
+                     f"{_cpu_text(r)}")
+            lines.append(f"  {i}. {r.get('steps')} steps, {r.get('tokens_seen'):,} tokens, {where}, "
+                         f"lr {c.get('lr')} -> {c.get('lr_floor')}, "
                          f"seed {c.get('seed')}, layout {c.get('prompt_layout', 'file_order')}"
                          + (f", grown from {r['grown_from_layers']} layers" if r.get("grown_from_layers") else "")
                          + "; validation loss at its end "
@@ -180,6 +227,21 @@ def _train_commands(meta: dict, cfg: dict, vocab_size: int) -> list[str]:
     for i, r in enumerate(runs):
         t = r.get("train_config") or {}
         name = "runs/default" if i == 0 else f"runs/continued{i}"
+        if r.get("device"):
+            d = r["device"]
+            dc = d.get("device_config") or {}
+            lines.append(f"midirwkv pack-device --data cache/scraped -o device --ctx-len {t.get('ctx_len')} "
+                         f"--seed {t.get('seed')}    # on this CPU; then, on the GPU machine:")
+            lines.append(f"python -m midirwkv.train.device --pack device --out {name} --minutes {d.get('minutes_budget')} "
+                         f"--size {d.get('size')} --lr {t.get('lr')} --lr-floor {t.get('lr_floor')} "
+                         f"--warmup-steps {t.get('warmup_steps')} --micro-batch {d.get('micro_batch')} "
+                         f"--seed {t.get('seed')}" + (" --start src/midirwkv/assets/default_model"
+                                                       if r.get("init_from") else " --start none")
+                         + (f" --kernel {dc['kernel']}" if dc.get("kernel", "chunked") != "chunked" else ""))
+            if len(runs) > 1:
+                lines.append(f"python -m midirwkv.train.card {name} --data cache/scraped"
+                             + ("  # publishes it: the next run starts from it" if i < len(runs) - 1 else ""))
+            continue
         if i == 0:
             start = (f"--tokenizer bpe{vocab_size}.json --layers {cfg['n_layer']} --width {cfg['n_embd']} "
                      f"--head-size {cfg['head_size']} --lora-dim {cfg['decay_lora']}")
@@ -219,7 +281,7 @@ def write_card(out: Path, meta: dict, params: int, notes: str = "") -> Path:
         f"RWKV-7 (x070), {cfg['n_layer']} layers x {cfg['n_embd']} wide, head size {cfg['head_size']}, "
         f"FFN {cfg.get('dim_ffn') or 4 * cfg['n_embd']}, low-rank dims {cfg['decay_lora']}/{cfg['aaa_lora']}/"
         f"{cfg['mv_lora']}/{cfg['gate_lora']}: {params / 1e6:.2f} M parameters, "
-        f"{(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB (fp32 safetensors).",
+        f"{(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB ({_weights_dtype(out)} safetensors).",
         f"Tokenizer: MidiTok 3.1.0 MMM/REMI base of {vocab.base_size} ids + BPE inside bars to {vocab.size} ids "
         "(`tokenizer.json`, shipped beside the weights).",
         "",
@@ -324,14 +386,19 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
     """
     from midirwkv.train.loop import plot_curves
 
+    from midirwkv.model.checkpoint import join_weights, weight_files, weights_bytes
+
     run_dir, out = Path(run_dir), Path(out)
     final = run_dir / "final"
     missing = [f for f in FILES if not (final / f).is_file()]
+    if "model.safetensors" in missing and final.is_dir() and any(final.glob("model-*-of-*.safetensors")):
+        weight_files(final)                     # split weights (a device run): complete, or a clear error
+        missing.remove("model.safetensors")
     if missing:
         raise CheckpointError(f"the run has no finished model ({', '.join(missing)} missing)", argument="run_dir",
                               value=str(run_dir), fix="let `midirwkv train` finish (or stop it with Ctrl-C and "
                                                       "rerun it with the same folder and a smaller --max-minutes)")
-    if (final / "model.safetensors").stat().st_size > MAX_BYTES:
+    if weights_bytes(final) > MAX_BYTES:
         raise BadRequestError("the weights exceed the 50 MB the package may bundle", argument="run_dir",
                               value=str(run_dir), fix="publish a smaller model")
     meta = _meta(final)
@@ -374,7 +441,10 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for f in FILES:
-            shutil.copyfile(final / f, tmp / f)
+            if f == "model.safetensors" and not (final / f).is_file():
+                join_weights(final, tmp / f)
+            else:
+                shutil.copyfile(final / f, tmp / f)
         if (run_dir / "train_log.csv").is_file():
             # a run started from a published model continues that model's log and curve
             init = meta.get("init_from")
