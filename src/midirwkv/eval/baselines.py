@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -369,8 +370,6 @@ class Gpt2System:
 
 
 def _same_bytes(a, b) -> bool:
-    from pathlib import Path
-
     try:
         return a is not None and b is not None and Path(a).read_bytes() == Path(b).read_bytes()
     except OSError:
@@ -395,6 +394,15 @@ def parse_systems(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _shown(path: str | Path) -> str:
+    """A model path as reports show it: relative to the working folder when inside it (reports name no path of
+    the machine that wrote them), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def make_systems(names: Sequence[str], *, model: str | None = None, baseline_model: str | None = None,
                  sample: SampleConfig | None = None, threads: int | None = None,
                  progress: Progress | None = None, engine=None, baseline=None) -> list:
@@ -409,8 +417,8 @@ def make_systems(names: Sequence[str], *, model: str | None = None, baseline_mod
     elif threads is not None:
         from midirwkv.infer.api import set_threads
         set_threads(threads)
-    model_path = str(model) if model is not None else (str(engine.path) if engine is not None and engine.path
-                                                       else "default")
+    model_path = _shown(model) if model is not None else (_shown(engine.path) if engine is not None and engine.path
+                                                          else "default")
     for name in names:
         if name == "copy":
             out.append(CopySystem())
