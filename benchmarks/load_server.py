@@ -88,7 +88,7 @@ def one_user(
     out = {"i": i, "track": track, "first_bar": first, "last_bar": first + bars - 1, "ok": False}
     with httpx.Client(base_url=base, timeout=max(5.0, deadline - time.time())) as c:
         c.headers["X-Midirwkv-Session"] = c.post("/api/session").json()["session"]
-        r = c.post("/api/uploads?filename=song.mid", content=song)
+        r = c.post("/api/uploads?filename=song.mid", content=song, headers={"Content-Type": "audio/midi"})
         r.raise_for_status()
         uid = r.json()["upload_id"]
         body = {

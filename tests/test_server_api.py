@@ -15,12 +15,15 @@ from fastapi.testclient import TestClient
 from midirwkv.music.remi import encode_score, load_score
 from midirwkv.music.vocab import Vocab
 from midirwkv.server.app import MAX_UPLOAD_BYTES, create_app
-from midirwkv.server.storage import read_json
+from midirwkv.server.storage import read_json, session_key
+from server_helpers import wait
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SONG = FIXTURES / "pop909" / "318.mid"
 BACH = FIXTURES / "bach" / "bwv66_6.mid"
 FAST = {"max_notes_per_bar": 4}
+LOCAL = "http://127.0.0.1"  # the server answers loopback Host names only
+MIDI = {"Content-Type": "audio/midi"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def model_dir(tiny_model_dir) -> Path:
 @pytest.fixture
 def client(tmp_path, model_dir):
     app = create_app(tmp_path / "data", model_dir, threads=1)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         token = c.post("/api/session").json()["session"]
         c.headers["X-Midirwkv-Session"] = token
         c.data_dir = tmp_path / "data"
@@ -39,19 +42,11 @@ def client(tmp_path, model_dir):
 
 
 def upload(c: TestClient, path: Path = SONG) -> dict:
-    r = c.post(f"/api/uploads?filename={path.name}", content=path.read_bytes())
+    r = c.post(f"/api/uploads?filename={path.name}", content=path.read_bytes(), headers=MIDI)
     assert r.status_code == 201, r.text
     return r.json()
 
 
-def wait(c: TestClient, uid: str, job: dict, timeout: float = 60.0) -> dict:
-    end = time.time() + timeout
-    while time.time() < end:
-        job = c.get(f"/api/uploads/{uid}/jobs/{job['job_id']}").json()
-        if job["status"] in ("done", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job did not finish: {job}")
 
 
 def infill(c: TestClient, uid: str, **kw) -> dict:
@@ -146,9 +141,9 @@ def test_more_variations_reuse_the_prompt_and_accept_undo_redo(client):
 
 
 def test_bad_input_gives_clear_4xx(client, tmp_path):
-    r = client.post("/api/uploads?filename=x.mid", content=b"not a midi file at all")
+    r = client.post("/api/uploads?filename=x.mid", content=b"not a midi file at all", headers=MIDI)
     assert r.status_code == 422 and r.json()["error"] == "BadMidiError" and "MThd" in r.json()["message"]
-    r = client.post("/api/uploads", content=b"MThd" + b"\0" * (MAX_UPLOAD_BYTES + 1))
+    r = client.post("/api/uploads", content=b"MThd" + b"\0" * (MAX_UPLOAD_BYTES + 1), headers=MIDI)
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
     uid = upload(client)["upload_id"]
     n_bars = client.get(f"/api/uploads/{uid}").json()["n_bars"]
@@ -179,7 +174,7 @@ def test_bad_input_gives_clear_4xx(client, tmp_path):
 def test_sessions_are_isolated_and_required(client, model_dir):
     uid = upload(client)["upload_id"]
     job = wait(client, uid, infill(client, uid, seed=1))
-    other = TestClient(client.app)
+    other = TestClient(client.app, base_url=LOCAL)
     assert other.get("/api/uploads").status_code == 401
     token = other.post("/api/session").json()["session"]
     assert token != client.headers["X-Midirwkv-Session"]
@@ -192,20 +187,20 @@ def test_sessions_are_isolated_and_required(client, model_dir):
     ):
         assert other.get(url).status_code == 404, url
     assert other.post(f"/api/uploads/{uid}/jobs/{job['job_id']}/more", json={}).status_code == 404
-    forged = TestClient(client.app, headers={"X-Midirwkv-Session": "A" * 24})
+    forged = TestClient(client.app, base_url=LOCAL, headers={"X-Midirwkv-Session": "A" * 24})
     assert forged.get("/api/uploads").status_code == 401
 
 
 def test_uploads_stay_inside_the_data_folder(client):
     info = upload(client, SONG)
-    r = client.post("/api/uploads?filename=../../../../tmp/evil.mid", content=SONG.read_bytes())
+    r = client.post("/api/uploads?filename=../../../../tmp/evil.mid", content=SONG.read_bytes(), headers=MIDI)
     assert r.status_code == 201 and r.json()["filename"] == "evil.mid"
     root = client.data_dir.resolve()
     files = [p for p in root.rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(root) for p in files)
     assert not any("evil" in p.name for p in files)
-    session = client.headers["X-Midirwkv-Session"]
-    assert (root / session / info["upload_id"] / "v0.mid").read_bytes() == SONG.read_bytes()
+    key = session_key(client.headers["X-Midirwkv-Session"])
+    assert (root / key / info["upload_id"] / "v0.mid").read_bytes() == SONG.read_bytes()
 
 
 def test_cancel_queued_and_running_jobs(client):
@@ -259,20 +254,21 @@ def test_progress_events_stream(client):
 
 def test_restart_keeps_uploads_and_results_and_fails_interrupted_jobs(tmp_path, model_dir):
     data = tmp_path / "data"
-    with TestClient(create_app(data, model_dir, threads=1)) as c:
+    with TestClient(create_app(data, model_dir, threads=1), base_url=LOCAL) as c:
         c.headers["X-Midirwkv-Session"] = token = c.post("/api/session").json()["session"]
         uid = upload(c)["upload_id"]
         done = wait(c, uid, infill(c, uid, seed=9))
         var = c.get(done["variations"][0]["midi_url"]).content
     # a job the server was running when it died: its job.json still says "running"
-    job_dir = data / token / uid / "jobs" / done["job_id"]
+    job_dir = data / session_key(token) / uid / "jobs" / done["job_id"]
     record = read_json(job_dir / "job.json")
-    stuck = data / token / uid / "jobs" / ("B" * 24)
+    stuck = data / session_key(token) / uid / "jobs" / ("B" * 24)
     stuck.mkdir()
     (stuck / "job.json").write_text(
         json.dumps(record | {"job_id": "B" * 24, "status": "running", "variations": [], "finished": None})
     )
-    with TestClient(create_app(data, model_dir, threads=1), headers={"X-Midirwkv-Session": token}) as c:
+    with TestClient(create_app(data, model_dir, threads=1), base_url=LOCAL,
+                    headers={"X-Midirwkv-Session": token}) as c:
         assert c.get("/api/health").json()["recovered_jobs"] == 1
         assert c.get(f"/api/uploads/{uid}/midi").content == SONG.read_bytes()
         again = c.get(f"/api/uploads/{uid}/jobs/{done['job_id']}").json()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 pytest.importorskip("fastapi")
@@ -13,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from midirwkv.music.remi import ScoreLimits
 from midirwkv.server.app import create_app
+from server_helpers import wait
 
 FAST = {"max_notes_per_bar": 4}
 
@@ -22,7 +21,7 @@ def client(tmp_path, tiny_model_dir, monkeypatch):
     for var in ScoreLimits.ENV.values():
         monkeypatch.delenv(var, raising=False)
     app = create_app(tmp_path / "data", tiny_model_dir, threads=1)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         c.headers["X-Midirwkv-Session"] = c.post("/api/session").json()["session"]
         yield c
 
@@ -41,17 +40,9 @@ HELD = midi([(0, 8 * 1920)])
 
 
 def upload(c: TestClient, data: bytes, name: str = "song.mid"):
-    return c.post(f"/api/uploads?filename={name}", content=data)
+    return c.post(f"/api/uploads?filename={name}", content=data, headers={"Content-Type": "audio/midi"})
 
 
-def wait(c: TestClient, uid: str, job: dict, timeout: float = 60.0) -> dict:
-    end = time.time() + timeout
-    while time.time() < end:
-        job = c.get(f"/api/uploads/{uid}/jobs/{job['job_id']}").json()
-        if job["status"] in ("done", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job did not finish: {job}")
 
 
 @pytest.mark.parametrize("data,first,last,controls", [

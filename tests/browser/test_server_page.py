@@ -56,6 +56,9 @@ def page(tmp_path):
             "request", lambda r: outside.append(r.url) if not r.url.startswith("http://127.0.0.1") else None
         )
         pg.outside = outside
+        # the server's Content-Security-Policy must fit the page: any violation is a bug of one or the other
+        pg.csp = []
+        pg.on("console", lambda m: pg.csp.append(m.text) if "Content Security Policy" in m.text else None)
         try:
             yield pg
         finally:
@@ -82,7 +85,7 @@ def test_select_generate_accept_download_undo(server, page, tmp_path):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
     page.set_input_files("#file", str(SONG))
-    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 0')")
+    page.wait_for_function("() => document.getElementById('song-name').textContent.includes('version 0')")
 
     # drag from bar 5 to bar 6 (0-based 4..5) in the lane of the first track
     geo = page.evaluate("""() => { const m = window.midirwkv; const t = m.state.upload.tracks[0].index;
@@ -115,11 +118,11 @@ def test_select_generate_accept_download_undo(server, page, tmp_path):
 
     # A/B: show variation 1 (plays it), switch back to A, then B again
     page.get_by_role("button", name="Show and play variation 1").click()
-    page.wait_for_function("document.getElementById('view-label').textContent.startsWith('B')")
+    page.wait_for_function("() => document.getElementById('view-label').textContent.startsWith('B')")
     page.click("#ab")
-    page.wait_for_function("document.getElementById('view-label').textContent.startsWith('A')")
+    page.wait_for_function("() => document.getElementById('view-label').textContent.startsWith('A')")
     page.click("#ab")
-    page.wait_for_function("document.getElementById('view-label').textContent.startsWith('B')")
+    page.wait_for_function("() => document.getElementById('view-label').textContent.startsWith('B')")
     page.click("#stop")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
@@ -130,7 +133,7 @@ def test_select_generate_accept_download_undo(server, page, tmp_path):
     variation = page.evaluate("""async () => { const v = window.midirwkv.state.jobs[0].variations[0];
         const r = await fetch(v.midi_url); return Array.from(new Uint8Array(await r.arrayBuffer())); }""")
     page.get_by_role("button", name="Accept variation 1 into the song").click()
-    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 1')")
+    page.wait_for_function("() => document.getElementById('song-name').textContent.includes('version 1')")
     with page.expect_download() as info:
         page.click("#download")
     downloaded = Path(info.value.path()).read_bytes()
@@ -140,18 +143,19 @@ def test_select_generate_accept_download_undo(server, page, tmp_path):
     assert diff and diff <= {(geo["track"], 4), (geo["track"], 5)}, diff
 
     page.click("#undo")
-    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 0')")
+    page.wait_for_function("() => document.getElementById('song-name').textContent.includes('version 0')")
     with page.expect_download() as info:
         page.click("#download")
     assert Path(info.value.path()).read_bytes() == SONG.read_bytes()
     assert not errors, errors
     assert not page.outside, page.outside
+    assert not page.csp, page.csp
 
 
 def test_keyboard_selection(server, page):
     page.goto(server + "/")
     page.set_input_files("#file", str(SONG))
-    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 0')")
+    page.wait_for_function("() => document.getElementById('song-name').textContent.includes('version 0')")
     page.focus("#canvas")
     for key in ("ArrowRight", "ArrowRight", "Shift+ArrowRight", "Shift+ArrowRight", "ArrowDown"):
         page.keyboard.press(key)
@@ -184,7 +188,7 @@ def test_write_a_new_track_and_accept_it(server, page):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
     page.set_input_files("#file", str(SONG))
-    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 0')")
+    page.wait_for_function("() => document.getElementById('song-name').textContent.includes('version 0')")
     n_tracks = page.evaluate("() => window.midirwkv.state.upload.tracks.length")
     page.select_option("#add-program", "33")
     page.fill("#add-name", "Bass")
@@ -195,13 +199,13 @@ def test_write_a_new_track_and_accept_it(server, page):
     assert "done" in page.text_content("#status")
     assert "track controls met" in page.text_content("#variations")
     page.get_by_role("button", name="Show and play variation 1").click()
-    page.wait_for_function("document.getElementById('view-label').textContent.startsWith('B')")
+    page.wait_for_function("() => document.getElementById('view-label').textContent.startsWith('B')")
     page.click("#stop")
     # the written track gets its own lane while the variation is shown
     assert page.locator("#lanes .lane").count() == n_tracks + 1
     assert "Bass" in page.text_content("#lanes")
     page.get_by_role("button", name="Accept variation 1 into the song").click()
-    page.wait_for_function("document.getElementById('song-name').textContent.includes('version 1')")
+    page.wait_for_function("() => document.getElementById('song-name').textContent.includes('version 1')")
     assert page.evaluate("() => window.midirwkv.state.upload.tracks.length") == n_tracks + 1
     with page.expect_download() as info:
         page.click("#download")
@@ -214,3 +218,23 @@ def test_write_a_new_track_and_accept_it(server, page):
     page.screenshot(path=str(ARTIFACTS / "page-add-track.png"), full_page=True)
     assert not errors, errors
     assert not page.outside, page.outside
+    assert not page.csp, page.csp
+
+
+def test_api_docs_work_offline(server, page):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/docs")
+    page.locator(".opblock-summary-path", has_text="/api/uploads/{upload_id}/infill").first.wait_for(timeout=30_000)
+    assert page.locator(".opblock").count() > 10
+    # open one route and call it from the page (the schema, the highlighter and fetch all run under the CSP)
+    page.locator(".opblock-summary-path", has_text="/api/defaults").first.click()
+    page.get_by_role("button", name="Try it out").click()
+    page.get_by_role("button", name="Execute").click()
+    page.locator(".live-responses-table .response-col_status", has_text="200").first.wait_for(timeout=30_000)
+    assert "temperature" in page.locator(".live-responses-table").first.text_content()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "docs.png"))
+    assert not errors, errors
+    assert not page.outside, page.outside
+    assert not page.csp, page.csp

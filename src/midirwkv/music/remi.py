@@ -528,13 +528,17 @@ def encode_score(score, vocab, meter_override: tuple[int, int] | None = None, *,
     A score above ``limits`` (default ``ScoreLimits.from_env()``) is refused with a ``LimitError`` before any
     per-bar work. ``grid`` (``bar_ticks, time_sigs`` of an earlier encoding) encodes on that grid instead of
     the score's own: a spliced result keeps its original's bars even when its last notes were removed (notes
-    starting past the grid's end would count in its last bar; a splice never makes any).
+    starting past the grid's end would count in its last bar; a splice never makes any). Limits are not checked
+    on a grid: the earlier encoding passed them, the bars are that grid's, and a result may hold a few more notes
+    or one more track than the song it was made from (the fuzzer found infills of a song at the note limit that
+    failed after generating, refused for notes they had just written).
     """
     tpq = int(score.ticks_per_quarter)
     if tpq <= 0:
         raise BadMidiError("the score has 0 ticks per quarter note", argument="ticks_per_quarter", value=tpq,
                            fix="re-export the file with a normal resolution (e.g. 480)")
-    check_limits(score, limits, meter_override)
+    if grid is None:
+        check_limits(score, limits, meter_override)
     _check_times(score, "<score>")      # a Score built in Python never went through load_score
     tb = tables(vocab)
     if grid is not None:

@@ -5,8 +5,12 @@ answer with :mod:`schemas`. Every error midirwkv raises becomes a 4xx (or 5xx) J
 ``{"error", "message", "argument", "fix"}``; so do validation errors and unknown routes.
 
 Isolation: each browser (or API client) holds a random session token (cookie ``midirwkv_session`` or header
-``X-Midirwkv-Session``); uploads, jobs and cached prompt states live under that token and a request can
-only name ids inside its own session.
+``X-Midirwkv-Session``); uploads, jobs and cached prompt states live under that session (a folder named by the
+token's hash) and a request can only name ids inside its own session.
+
+Trust (``security``): only loopback Host names are answered, state-changing requests from other pages are
+refused, every answer carries nosniff and a Content-Security-Policy. Storage (``storage``): private files,
+sessions that expire, quotas (``ServerLimits``).
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from midirwkv.errors import BadMidiError, BadRequestError, MidiRwkvError
 from midirwkv.server import schemas as S
 from midirwkv.server.jobs import JobManager, sample_config
-from midirwkv.server.storage import ConflictError, Storage, UnauthorizedError, check_token
+from midirwkv.server.security import GuardMiddleware, HostPolicy, upload_content_type
+from midirwkv.server.storage import ConflictError, ServerLimits, Storage, UnauthorizedError, check_token
 
 STATIC = Path(__file__).resolve().parent / "static"
 SESSION_COOKIE = "midirwkv_session"
@@ -40,6 +45,9 @@ EVENT_POLL_S = 0.25
 """How often the server-sent event stream looks at a job."""
 EVENT_MAX_S = 3600.0
 """A progress stream ends after this long (the client reconnects or polls)."""
+CLEANUP_EVERY_S = 600.0
+"""How often expired sessions are looked for while the server runs (also at start, and when the session
+limit is reached)."""
 
 GM_FAMILIES = (
     "Piano",
@@ -158,43 +166,74 @@ def _download_name(filename: str, suffix: str) -> str:
     return f"{stem}_{suffix}.mid"
 
 
+def swagger_assets() -> Path | None:
+    """The folder of Swagger UI's files shipped by the ``fastapi-offline`` package, or None when not installed."""
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("fastapi_offline") / "static"))
+    except (ImportError, TypeError):
+        return None
+    ok = (folder / "swagger-ui-bundle.js").is_file() and (folder / "swagger-ui.css").is_file()
+    return folder if ok else None
+
+
 def create_app(
     data_dir: str | Path, model=None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, threads: int | None = None,
-    int8: bool = False,
+    int8: bool = False, limits: ServerLimits | None = None, allowed_hosts: tuple[str, ...] | list[str] = (),
 ) -> FastAPI:
-    """The FastAPI app: API under ``/api``, the page at ``/``.
+    """The FastAPI app: API under ``/api``, the page at ``/``, the API's documentation at ``/docs``.
 
     ``model`` is a checkpoint folder, an already loaded ``infer.api.Engine``, or None for the shipped
-    default model. ``data_dir`` holds every upload and result (created if missing). ``int8``: decode with
-    int8 weights (``infer.api.load_engine``).
+    default model. ``data_dir`` holds every upload and result (created if missing, private to this user).
+    ``int8``: decode with int8 weights (``infer.api.load_engine``). ``limits``: expiry and quotas (default
+    ``ServerLimits.from_env()``). ``allowed_hosts``: Host names answered besides loopback ones (``serve`` adds
+    the address it binds).
     """
     from midirwkv.infer.api import Engine, load_engine
 
+    storage = Storage(data_dir, limits)
     engine = model if isinstance(model, Engine) else load_engine(model, threads=threads, int8=int8)
-    storage = Storage(data_dir)
     jobs = JobManager(storage, engine)
     describer = _Describer(engine.vocab)
+    limits = storage.limits
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        async def clean() -> None:
+            while True:
+                await asyncio.sleep(CLEANUP_EVERY_S)
+                await asyncio.to_thread(storage.cleanup)
+
+        task = asyncio.create_task(clean())
         yield
+        task.cancel()
         jobs.close()
 
     app = FastAPI(
         title="midirwkv",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         description="Controllable MIDI bar infilling with RWKV-7. Bars are 1-based and inclusive; "
         "tracks are Score indices. Send the session token from POST /api/session back in "
         f"the {SESSION_HEADER} header (browsers use the cookie).",
     )
     app.state.storage, app.state.jobs, app.state.engine = storage, jobs, engine
+    app.add_middleware(
+        GuardMiddleware,
+        hosts=HostPolicy(allowed_hosts),
+        error_response=lambda exc: _error(exc.http_status, exc.to_dict()),
+    )
     errors = {
         400: {"model": S.ErrorBody},
         401: {"model": S.ErrorBody},
+        403: {"model": S.ErrorBody},
         404: {"model": S.ErrorBody},
         409: {"model": S.ErrorBody},
         422: {"model": S.ErrorBody},
+        429: {"model": S.ErrorBody},
     }
 
     # ---------------------------------------------------------------------------------------- errors
@@ -234,6 +273,7 @@ def create_app(
 
     # ---------------------------------------------------------------------------------------- session
     def session_of(request: Request) -> str:
+        """The session key of the request's token (routes and storage never handle the token itself)."""
         token = request.headers.get(SESSION_HEADER) or request.cookies.get(SESSION_COOKIE)
         if not token:
             raise UnauthorizedError(
@@ -242,18 +282,20 @@ def create_app(
                 value=None,
                 fix=f"call POST /api/session and send the token in the {SESSION_HEADER} header",
             )
-        storage.session_dir(token)
-        return token
+        return storage.resolve(token)
 
-    @app.post("/api/session", response_model=S.SessionOut, tags=["session"])
+    @app.post("/api/session", response_model=S.SessionOut, tags=["session"], responses=errors)
     def open_session(request: Request, response: Response) -> dict:
-        """Return the caller's valid session, or start a new one (also set as an HttpOnly cookie)."""
+        """Return the caller's valid session, or start a new one (also set as an HttpOnly cookie).
+
+        A session unused for ``session_days`` (default 7) is deleted with its files."""
         token = request.headers.get(SESSION_HEADER) or request.cookies.get(SESSION_COOKIE)
         try:
-            storage.session_dir(token)
+            storage.resolve(token)
         except UnauthorizedError:
             token = storage.new_session()
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=30 * 86400)
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
+                            max_age=int(limits.session_s))
         return {"session": token}
 
     @app.get("/api/health", tags=["session"])
@@ -314,7 +356,7 @@ def create_app(
         "/api/uploads",
         response_model=S.UploadOut,
         status_code=201,
-        responses=errors | {413: {"model": S.ErrorBody}},
+        responses=errors | {413: {"model": S.ErrorBody}, 415: {"model": S.ErrorBody}},
         tags=["uploads"],
         openapi_extra={
             "requestBody": {
@@ -331,7 +373,9 @@ def create_app(
         filename: str = Query("upload.mid", max_length=255),
         session: str = Depends(session_of),
     ) -> dict:
-        """Upload a Standard MIDI File as the raw request body (limit: ``max_upload_bytes``)."""
+        """Upload a Standard MIDI File as the raw request body, ``Content-Type: audio/midi`` (or
+        ``application/octet-stream``); limit: ``max_upload_bytes``."""
+        upload_content_type(request.headers.get("content-type"))
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             return _too_large(int(declared))
@@ -371,6 +415,14 @@ def create_app(
             {"upload_id": uid, "filename": m["filename"], "size": m["size"], "head": m["head"]}
             for uid, m in storage.list_uploads(session)
         ]
+
+    @app.delete("/api/uploads/{upload_id}", status_code=204, tags=["uploads"], responses=errors)
+    def delete_upload(upload_id: str, session: str = Depends(session_of)) -> Response:
+        """Delete an upload with its versions and jobs (refused while one of its jobs is queued or running)."""
+        storage.upload_dir(session, upload_id)
+        jobs.forget_upload(session, upload_id)
+        storage.delete_upload(session, upload_id)
+        return Response(status_code=204)
 
     @app.get("/api/uploads/{upload_id}", response_model=S.UploadOut, tags=["uploads"], responses=errors)
     def inspect_upload(
@@ -625,12 +677,44 @@ def create_app(
         return describer.notes(jobs.variation_path(session, upload_id, job_id, variation))
 
     # ---------------------------------------------------------------------------------------- page
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    assets = swagger_assets()
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
+    def docs() -> Response:
+        """Swagger UI from local files (the ``fastapi-offline`` package ships them), else a plain local page
+        listing the routes and linking the OpenAPI schema; nothing is fetched from the internet."""
+        if assets is not None:
+            return FileResponse(STATIC / "docs.html", media_type="text/html")
+        return HTMLResponse(_plain_docs(app.openapi()))
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _plain_docs(spec: dict) -> str:
+    """A minimal API page (when Swagger UI's files are not installed): every route and the schema's link."""
+    from html import escape
+
+    rows = []
+    for path, methods in spec.get("paths", {}).items():
+        for method, op in methods.items():
+            rows.append(f"<tr><td><code>{escape(method.upper())}</code></td><td><code>{escape(path)}</code></td>"
+                        f"<td>{escape(op.get('summary', ''))}</td></tr>")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>midirwkv API</title>'
+        '<link rel="stylesheet" href="/static/style.css"></head><body><main class="docs">'
+        f"<h1>{escape(spec.get('info', {}).get('title', 'API'))} API</h1>"
+        '<p>The full schema: <a href="/openapi.json">/openapi.json</a>. For the interactive page, install '
+        "<code>fastapi-offline</code> (it ships Swagger UI's files).</p>"
+        f"<table><thead><tr><th>method</th><th>path</th><th>summary</th></tr></thead><tbody>{''.join(rows)}"
+        "</tbody></table></main></body></html>"
+    )
 
 
 def _check_midi(data: bytes, vocab) -> None:
@@ -659,5 +743,5 @@ def serve(
     """Load the model once and serve the API and the page until interrupted (``midirwkv serve``)."""
     import uvicorn
 
-    app = create_app(data_dir, model_dir, threads=threads, int8=int8)
+    app = create_app(data_dir, model_dir, threads=threads, int8=int8, allowed_hosts=(host,))
     uvicorn.run(app, host=host, port=port, log_level="info")

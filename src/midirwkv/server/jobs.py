@@ -13,7 +13,14 @@ Add-track jobs run the same way with a ``TrackSession`` (the other tracks read o
 
 "More variations" reuse the prompt state: the ``InfillSession`` of a finished infill job stays in a small
 LRU cache keyed by (session, upload, job), so extra variations cost only the tokens of the span. The key
-holds the session token, so one user's cached state is never used for another user's request.
+holds the session's key, so one user's cached state is never used for another user's request.
+
+A job's variations are published batch by batch while it runs (a long job shows its first results early),
+but the last batch goes out in the same locked step that marks the job done: a reader that sees every
+variation also sees the final status (the page enables "Accept" as variations appear).
+
+``session`` arguments here are session keys (``Storage.resolve``); a job keeps its key in memory only
+(``_session``), never in ``job.json``.
 """
 
 from __future__ import annotations
@@ -29,14 +36,7 @@ from pathlib import Path
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.server.schemas import JOB_FINAL
-from midirwkv.server.storage import (
-    ConflictError,
-    NotFoundError,
-    Storage,
-    read_json,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from midirwkv.server.storage import ConflictError, NotFoundError, QuotaError, Storage, read_json
 
 log = logging.getLogger("midirwkv.server")
 
@@ -92,6 +92,11 @@ class _Cached:
     target: int = -1  # add_track: Score index of the written track in the result
 
 
+def _record(job: dict) -> dict:
+    """What is written to ``job.json``: the job without its in-memory fields (``_session``, ``_saved``)."""
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
 def sample_config(sampling: dict) -> SampleConfig:
     """``SampleConfig`` from a request's sampling settings (BadRequestError on a bad value)."""
     return SampleConfig(**sampling)
@@ -117,6 +122,7 @@ class JobManager:
         self._stop = threading.Event()
         self.stats = {"prefills": 0, "cache_hits": 0}
         """Prompt prefills run and "more variations" served from the cache (see ``/api/health``)."""
+        storage.busy = self.active_sessions  # expired sessions with a job still queued or running are kept
         self.recovered = self._recover()
         self._thread = threading.Thread(target=self._work, name="midirwkv-generate", daemon=True)
         self._thread.start()
@@ -141,7 +147,7 @@ class JobManager:
                     "fix": "submit the request again",
                 },
             )
-            write_json_atomic(path, job)
+            self.storage.write_json(path, job)
             count += 1
         return count
 
@@ -169,6 +175,7 @@ class JobManager:
             raise ConflictError(
                 "the server is shutting down", argument="job", value=None, fix="retry in a moment"
             )
+        limit = self.storage.limits.max_queued
         with self._lock:
             if len(self._order) >= self.max_queue:
                 raise ConflictError(
@@ -177,11 +184,23 @@ class JobManager:
                     value=len(self._order),
                     fix="wait for some to finish, then retry",
                 )
+            mine = sum(1 for j in self._live.values() if j["_session"] == session)
+            if mine >= limit:
+                raise QuotaError(
+                    f"this session already has {mine} jobs queued or running, the most it may have",
+                    argument="max_queued",
+                    value=limit,
+                    fix="wait for one to finish (or cancel one), then retry; the server's MIDIRWKV_MAX_QUEUED "
+                    "raises the limit",
+                )
+        path, _ = self.storage.version_path(session, upload_id, base_version)
+        # each variation is about the song's size; the job's record and reports are small beside it
+        self.storage.check_space(session, int(request.get("variations", 1)) * path.stat().st_size, "this job")
         job_id, folder = self.storage.new_job_dir(session, upload_id)
         job = {
             "job_id": job_id,
             "upload_id": upload_id,
-            "session": session,
+            "_session": session,
             "kind": kind,
             "status": "queued",
             "progress": 0.0,
@@ -195,14 +214,14 @@ class JobManager:
             "finished": None,
             "variations": [],
         }
-        write_json_atomic(folder / "job.json", job)
         with self._lock:
+            self.storage.write_json(folder / "job.json", _record(job))
             self._live[job_id] = job
             self._folders[job_id] = folder
             self._cancel[job_id] = threading.Event()
             self._order.append(job_id)
         self._queue.put(job_id)
-        return dict(job)
+        return _record(job)
 
     def get(self, session: str, upload_id: str, job_id: str) -> dict:
         """The job's record (live when queued / running, from disk otherwise), with its queue position."""
@@ -210,10 +229,29 @@ class JobManager:
         with self._lock:
             live = self._live.get(job_id)
             if live is not None:
-                job = dict(live)
+                job = _record(live)
+                job["variations"] = list(live["variations"])  # a snapshot: the worker appends to the live list
                 job["queue_position"] = self._order.index(job_id) if job_id in self._order else None
                 return job
         return read_json(folder / "job.json")
+
+    def active_sessions(self) -> set[str]:
+        """Sessions with a queued or running job (their files must stay)."""
+        with self._lock:
+            return {j["_session"] for j in self._live.values()}
+
+    def forget_upload(self, session: str, upload_id: str) -> None:
+        """Before an upload is deleted: refuse while a job of it is queued or running; drop its cached states."""
+        with self._lock:
+            if any(j["_session"] == session and j["upload_id"] == upload_id for j in self._live.values()):
+                raise ConflictError(
+                    "a job of this upload is queued or running",
+                    argument="upload_id",
+                    value=upload_id,
+                    fix="cancel it (POST .../jobs/{job_id}/cancel) or wait for it to finish",
+                )
+            for key in [k for k in self._cache if k[:2] == (session, upload_id)]:
+                del self._cache[key]
 
     def list(self, session: str, upload_id: str) -> list[dict]:
         return [self.get(session, upload_id, j["job_id"]) for j in self.storage.list_jobs(session, upload_id)]
@@ -295,19 +333,22 @@ class JobManager:
             if not force and now - job.get("_saved", 0.0) < SAVE_EVERY_S:
                 return
             job["_saved"] = now
-            record = {k: v for k, v in job.items() if not k.startswith("_")}
+            record = _record(job)
             folder = self._folders[job_id]
-        write_json_atomic(folder / "job.json", record)
+        self.storage.write_json(folder / "job.json", record)
 
-    def _finish(self, job_id: str, *, status: str, message: str, error: dict | None = None) -> None:
-        """Final state: written to disk, then dropped from the live table."""
+    def _finish(
+        self, job_id: str, *, status: str, message: str, error: dict | None = None, variations: list | None = None
+    ) -> None:
+        """Final state, with the last ``variations`` if any, in one step: written to disk, then dropped from the
+        live table (readers see the live record or the file, both whole)."""
         with self._lock:
             job = self._live[job_id]
+            job["variations"].extend(variations or [])
             job.update(status=status, message=message, error=error, finished=time.time())
             if status == "done":
                 job["progress"] = 1.0
-            record = {k: v for k, v in job.items() if not k.startswith("_")}
-            write_json_atomic(self._folders[job_id] / "job.json", record)
+            self.storage.write_json(self._folders[job_id] / "job.json", _record(job))
             del self._live[job_id], self._cancel[job_id], self._folders[job_id]
 
     def _set(self, job_id: str, **changes) -> None:
@@ -319,9 +360,9 @@ class JobManager:
     def _execute(self, job_id: str, job: dict, cancel: threading.Event) -> None:
         kind = job["kind"]
         if kind == "infill":
-            cached = self._prepare_infill(job_id, job, cancel, key=(job["session"], job["upload_id"], job_id))
+            cached = self._prepare_infill(job_id, job, cancel, key=(job["_session"], job["upload_id"], job_id))
         elif kind == "add_track":
-            cached = self._prepare_track(job_id, job, cancel, key=(job["session"], job["upload_id"], job_id))
+            cached = self._prepare_track(job_id, job, cancel, key=(job["_session"], job["upload_id"], job_id))
         elif kind == "more":
             cached = self._cached_for(job_id, job, cancel)
         else:
@@ -334,7 +375,7 @@ class JobManager:
     def _load_version(self, job: dict):
         from midirwkv.music.remi import encode_score, load_score
 
-        path, _ = self.storage.version_path(job["session"], job["upload_id"], job["base_version"])
+        path, _ = self.storage.version_path(job["_session"], job["upload_id"], job["base_version"])
         score = load_score(path.read_bytes())
         return score, encode_score(score, self.vocab)
 
@@ -392,7 +433,7 @@ class JobManager:
     def _cached_for(self, job_id: str, job: dict, cancel: threading.Event) -> _Cached:
         """The prompt state of the root infill job of a "more" job (rebuilt when it was evicted or lost)."""
         root = job["request"]["root_job"]
-        key = (job["session"], job["upload_id"], root)
+        key = (job["_session"], job["upload_id"], root)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -401,9 +442,9 @@ class JobManager:
             self.stats["cache_hits"] += 1
             self._set(job_id, message="reusing the cached prompt state")
             return cached
-        root_job = read_json(self.storage.job_dir(job["session"], job["upload_id"], root) / "job.json")
+        root_job = read_json(self.storage.job_dir(job["_session"], job["upload_id"], root) / "job.json")
         prepare = self._prepare_track if root_job["kind"] == "add_track" else self._prepare_infill
-        return prepare(job_id, root_job | {"session": job["session"]}, cancel, key)
+        return prepare(job_id, root_job | {"_session": job["_session"]}, cancel, key)
 
     @staticmethod
     def _hook(cancel: threading.Event):
@@ -440,7 +481,7 @@ class JobManager:
             # rough decoding steps of one batch: a few tokens per requested note plus each bar's header/controls
             expected = sum(12 + 3 * (c.density if c.density is not None else 8) for c in cached.asked)
         steps = [0]
-        folder = self.storage.job_dir(job["session"], job["upload_id"], job_id)
+        folder = self.storage.job_dir(job["_session"], job["upload_id"], job_id)
         done = 0
         while done < n:
             rows = min(GEN_CHUNK, n - done)
@@ -463,6 +504,7 @@ class JobManager:
             else:
                 outs = cached.session.generate(rows, cfg, seed + done, checker=checker)
             self.model.hook = None
+            records = []
             for k, out in enumerate(outs):
                 number = done + k + 1
                 if track:
@@ -470,7 +512,7 @@ class JobManager:
                 else:
                     new_score = splice(cached.score, cached.st, req, out.bars, self.vocab)
                 name = f"var_{number}.mid"
-                write_bytes_atomic(folder / name, new_score.dumps_midi())
+                self.storage.write_bytes(folder / name, new_score.dumps_midi())
                 # on the original grid: a result that lost its last notes keeps its bars for the report
                 new_st = encode_score(new_score, self.vocab, grid=(cached.st.bar_ticks, cached.st.time_sigs))
                 record = {
@@ -483,12 +525,17 @@ class JobManager:
                     record.update(track_reports(new_st, cached.target, cached.asked, self.vocab))
                 else:
                     record["bars"] = bar_reports(new_st, req, cached.asked, tt.is_drum)
-                with self._lock:
-                    self._live[job_id]["variations"].append(record)
+                records.append(record)
             done += rows
-            self._set(job_id, progress=round(done / n, 4))
+            if done >= n:
+                # the last batch and "done" in one step: never every variation with the job still running
+                self._finish(job_id, status="done", message=f"{n} variation{'s' if n > 1 else ''} ready",
+                             variations=records)
+                return
+            with self._lock:
+                self._live[job_id]["variations"].extend(records)
+                self._live[job_id]["progress"] = round(done / n, 4)
             self._save(job_id)
-        self._finish(job_id, status="done", message=f"{n} variation{'s' if n > 1 else ''} ready")
 
 
 def infill_request(req_in: dict):

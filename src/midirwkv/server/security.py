@@ -33,16 +33,16 @@ UPLOAD_TYPES = frozenset({"audio/midi", "audio/x-midi", "audio/mid", "applicatio
 """Content types an upload may declare (parameters such as ``; charset`` are ignored)."""
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "font-src 'self'; media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
-"""The page's policy: its own files only (no inline script or style), no plugins, never framed."""
-DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
-"""``/docs``: Swagger UI sets a few inline styles; scripts stay 'self' only."""
+"""Every answer's policy (the page and ``/docs`` alike): this server's files only (no inline script or style,
+no eval), no plugins, never framed."""
 HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cross-origin-resource-policy": "same-origin",
     "x-frame-options": "DENY",
+    "content-security-policy": CSP,
 }
 
 
@@ -148,24 +148,19 @@ def upload_content_type(value: str | None) -> str:
 
 
 class GuardMiddleware:
-    """ASGI middleware: ``check_request`` on every HTTP request; security headers on every answer.
+    """ASGI middleware: ``check_request`` on every HTTP request; security headers (``HEADERS``, ``CSP``) on
+    every answer. A refused request gets the usual JSON error body from ``error_response(exc)``."""
 
-    ``csp_for(path)`` picks the Content-Security-Policy of a path. A refused request gets the usual JSON
-    error body from ``error_response(exc)`` (the app's own format).
-    """
-
-    def __init__(self, app, hosts: HostPolicy, error_response, csp_for=lambda path: CSP):
+    def __init__(self, app, hosts: HostPolicy, error_response):
         self.app = app
         self.hosts = hosts
         self.error_response = error_response
-        self.csp_for = csp_for
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         extra = [(k.encode(), v.encode()) for k, v in HEADERS.items()]
-        extra.append((b"content-security-policy", self.csp_for(scope.get("path", "")).encode()))
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
