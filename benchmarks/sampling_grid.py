@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from midirwkv.config import SampleConfig
+from midirwkv.config import PAPER_SAMPLING, SampleConfig
 from midirwkv.eval import stats
 
-# (label, SampleConfig fields) of every point; the paper's settings first
+# (label, SampleConfig fields over BASE) of every point; the paper's settings first. Every point is completed from
+# BASE (the paper's settings, no prior), never from SampleConfig's defaults, which this grid itself chooses.
 GRID: list[tuple[str, dict]] = [
     ("paper T1.0 rp1.2 k20 p.95", dict(temperature=1.0, repetition_penalty=1.2, top_k=20, top_p=0.95)),
     ("T1.0 k20 p.95", dict(temperature=1.0, repetition_penalty=1.0, top_k=20, top_p=0.95)),
@@ -67,6 +68,8 @@ GRID: list[tuple[str, dict]] = [
     ("T0.7 rp1.1 k5 key1 reg1", dict(temperature=0.7, repetition_penalty=1.1, top_k=5, top_p=1.0, keep_key=1.0,
                                      keep_register=1.0)),
 ]
+BASE = {**PAPER_SAMPLING, "repetition_spare": False}
+"""What a grid point does not say: the paper's sampling settings, no pitch prior, the penalty on every token."""
 BASELINES = ("copy", "random-other")
 TABLE = ("onset_f1", "onset_only_f1", "cp", "gs_gap", "pche_diff", "register_err", "register_off12", "out_of_key",
          "ctrl_all_err", "n_notes")
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = dict(engine.meta)
         meta["train_config"] = {**(meta.get("train_config") or {}), "prompt_layout": args.layout}
         engine = dataclasses.replace(engine, meta=meta)        # a copy: the cached engine keeps its own meta
-    grid = [(label, kw) for label, kw in GRID if not args.only or label in args.only.split(",")]
+    grid = [(label, {**BASE, **kw}) for label, kw in GRID if not args.only or label in args.only.split(",")]
     fields = set(SampleConfig.__dataclass_fields__)
     for label, kw in grid:
         missing = sorted(set(kw) - fields)

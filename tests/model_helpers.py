@@ -17,3 +17,15 @@ def perturbed_model(cfg: ModelConfig, seed: int = 0) -> RWKV7:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
+
+
+def tiny_engine():
+    """A 2-layer random-weight engine with the shipped tokenizer, in memory (the infer and CLI tests' model)."""
+    from midirwkv.infer import api
+    from midirwkv.music.vocab import Vocab
+
+    vocab = Vocab.load()
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab.size, n_layer=2, n_embd=64, head_size=32, dim_ffn=128, decay_lora=8,
+                      aaa_lora=8, mv_lora=8, gate_lora=8)
+    return api.Engine(model=RWKV7(cfg).eval(), vocab=vocab)

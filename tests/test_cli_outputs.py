@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 import symusic
-import torch
 
 from midirwkv import cli
-from midirwkv.config import ModelConfig
 from midirwkv.infer import api
-from midirwkv.model.rwkv7 import RWKV7
 from midirwkv.music.remi import ScoreLimits, load_score
-from midirwkv.music.vocab import Vocab
+from model_helpers import tiny_engine
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -58,11 +55,7 @@ def no_model(monkeypatch):
 
 @pytest.fixture(scope="module")
 def engine():
-    vocab = Vocab.load()
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab.size, n_layer=2, n_embd=64, head_size=32, dim_ffn=128, decay_lora=8,
-                      aaa_lora=8, mv_lora=8, gate_lora=8)
-    return api.Engine(model=RWKV7(cfg).eval(), vocab=vocab)
+    return tiny_engine()
 
 
 def files(folder: Path) -> list[str]:

@@ -8,14 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from midirwkv import cli
-from midirwkv.config import ModelConfig
 from midirwkv.infer import api
-from midirwkv.model.rwkv7 import RWKV7
 from midirwkv.music.remi import encode_score, load_score
-from midirwkv.music.vocab import Vocab
+from model_helpers import tiny_engine
 
 BACH = Path(__file__).parent / "fixtures" / "bach" / "bwv66_6.mid"
 FAST = ["--seed", "3"]
@@ -23,11 +20,7 @@ FAST = ["--seed", "3"]
 
 @pytest.fixture(scope="module")
 def engine():
-    vocab = Vocab.load()
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab.size, n_layer=2, n_embd=64, head_size=32, dim_ffn=128, decay_lora=8,
-                      aaa_lora=8, mv_lora=8, gate_lora=8)
-    return api.Engine(model=RWKV7(cfg).eval(), vocab=vocab)
+    return tiny_engine()
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 import symusic
-import torch
 
-from midirwkv.config import ModelConfig, SampleConfig
+from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.infer import api
-from midirwkv.model.rwkv7 import RWKV7
 from midirwkv.music.remi import encode_score, load_score
-from midirwkv.music.vocab import Vocab
+from model_helpers import tiny_engine
 
 POP001 = Path(api.__file__).resolve().parent.parent / "assets" / "examples" / "pop909_001.mid"
 FAST = SampleConfig(max_notes_per_bar=4)
@@ -21,11 +19,7 @@ FAST = SampleConfig(max_notes_per_bar=4)
 
 @pytest.fixture(scope="module")
 def engine():
-    vocab = Vocab.load()
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab.size, n_layer=2, n_embd=64, head_size=32, dim_ffn=128, decay_lora=8,
-                      aaa_lora=8, mv_lora=8, gate_lora=8)
-    return api.Engine(model=RWKV7(cfg).eval(), vocab=vocab)
+    return tiny_engine()
 
 
 def eight_bars(tracks: int = 1, last_track_bars: int = 8) -> symusic.Score:

@@ -106,7 +106,7 @@ def test_sample_config_defaults_are_the_validation_grids_winner_and_the_papers_a
     paper = SampleConfig(**PAPER_SAMPLING)
     assert (paper.temperature, paper.top_k, paper.top_p, paper.keep_key) == (1.0, 20, 0.95, 0.0)
     # the defaults are the winner of the committed validation grid
-    grid = json.loads((Path(__file__).parents[1] / "reports" / "sampling" / "grid-run5-target-last" / "grid.json").read_text())
+    grid = json.loads((Path(__file__).parents[1] / "reports" / "sampling" / "grid-default" / "grid.json").read_text())
     assert grid["split"] == "valid"
     chosen = SampleConfig(**grid["grid"][grid["winner"]])
     assert chosen == cfg

@@ -81,9 +81,18 @@ def test_layout_recorded_and_read_back():
     assert TrainConfig(data_dir="d", out_dir="o", max_steps=1).prompt_layout == "target_last"
 
 
-def test_bundled_model_keeps_its_file_order_layout():
-    from midirwkv.infer.api import load_engine
-    assert load_engine(threads=1).layout == "file_order"
+def test_the_engine_reads_the_layout_its_checkpoint_records(tmp_path):
+    import json
+    import shutil
+
+    from midirwkv.infer.api import DEFAULT_MODEL_DIR, load_engine
+    assert load_engine(threads=1).layout == "target_last"          # the bundled model since its sixth run
+    old = tmp_path / "file_order_model"
+    shutil.copytree(DEFAULT_MODEL_DIR, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["train_config"]["prompt_layout"]                       # as written before the layout was recorded
+    (old / "meta.json").write_text(json.dumps(meta))
+    assert load_engine(old, threads=1).layout == "file_order"
 
 
 def test_samples_differ_only_in_track_order(vocab, song):
