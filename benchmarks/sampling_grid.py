@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from midirwkv.config import PAPER_SAMPLING, SampleConfig
+from midirwkv.config import PAPER_SAMPLING, PROMPT_LAYOUTS, SampleConfig
 from midirwkv.eval import stats
 
 # (label, SampleConfig fields over BASE) of every point; the paper's settings first. Every point is completed from
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default="", help="comma list of grid labels to run (default: all)")
-    p.add_argument("--layout", choices=("target_last", "file_order"),
+    p.add_argument("--layout", choices=PROMPT_LAYOUTS,
                    help="prompt in this layout instead of the one the checkpoint records (to measure a layout "
                         "on a model trained with another)")
     p.add_argument("-o", "--output", required=True)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from midirwkv import __version__
-from midirwkv.config import SampleConfig
+from midirwkv.config import PROMPT_LAYOUTS, SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.infer.api import parse_bar_ranges, parse_durations, parse_int_range
 from midirwkv.infer.style import parse_style_args
@@ -95,14 +95,14 @@ def _add_sample_flags(g, pitch_prior: bool = False) -> None:
     if pitch_prior:
         g.add_argument("--keep-key", type=float, default=d.keep_key, metavar="S",
                        help="pull the filled notes toward the pitch classes (key) of the track's own "
-                            f"context bars with strength S, e.g. 1 (default {d.keep_key:g} = off)")
+                            f"context bars with strength S (default {d.keep_key:g}; 0 = off)")
         g.add_argument("--keep-register", type=float, default=d.keep_register, metavar="S",
                        help="pull the filled notes toward the pitch range (register) of the track's own "
-                            f"context bars with strength S, e.g. 1 (default {d.keep_register:g} = off)")
+                            f"context bars with strength S (default {d.keep_register:g}; 0 = off)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, pitch_prior: bool = False) -> None:
-    g = p.add_argument_group("sampling (paper defaults)")
+    g = p.add_argument_group("sampling (defaults chosen on validation prompts; see reports/sampling)")
     g.add_argument("--variations", type=int, default=1, metavar="K", help="how many results (sampled as one batch)")
     g.add_argument("--seed", type=int, metavar="S", help="random seed; variation i uses S+i (default: random)")
     _add_sample_flags(g, pitch_prior)
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--span-weight", float, "loss weight of the infilled tokens (default 1)")):
         p.add_argument(flag, type=kind, help=text)
     p.add_argument("--arch", choices=("rwkv7", "gpt2"), help="rwkv7 (default) or the gpt2 Transformer baseline")
-    p.add_argument("--prompt-layout", choices=("target_last", "file_order"),
+    p.add_argument("--prompt-layout", choices=PROMPT_LAYOUTS,
                    help="track order of bar-infilling samples: target_last (default) or file_order (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="start over even if the run folder has checkpoints")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--eval-batches", int, "validation batches (default 6)"),
                              ("--micro-batch", int, "samples per validation batch (default 4)")):
         p.add_argument(flag, type=kind, help=text)
-    p.add_argument("--prompt-layout", choices=("target_last", "file_order"), help="default target_last")
+    p.add_argument("--prompt-layout", choices=PROMPT_LAYOUTS, help="default target_last")
     p.add_argument("--no-augment", action="store_true", help="no pitch/velocity augmentation of training samples")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_pack_device)
@@ -522,13 +522,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       argument="--width/--head-size/--lora-dim", value=shape,
                                       fix="drop the shape flags when starting from a checkpoint, or give only "
                                           "--layers N to grow its depth")
-            init_config = Path(args.init_from) / "config.json"
-            if not init_config.is_file():
+            from midirwkv.model.checkpoint import read_checkpoint_info
+
+            if not (Path(args.init_from) / "config.json").is_file():
                 raise BadRequestError("--init-from is not a checkpoint folder (no config.json)",
                                       argument="--init-from", value=args.init_from,
                                       fix="pass the folder written by `midirwkv train` (its final/ folder)")
-            base = json.loads(init_config.read_text())
-            fields["model"] = ModelConfig.from_dict({**base, **shape}).to_dict()
+            base, _ = read_checkpoint_info(args.init_from)
+            fields["model"] = ModelConfig.from_dict({**base.to_dict(), **shape}).to_dict()
             shape = {}
     if shape:
         base = fields.get("model") or {}

@@ -23,6 +23,27 @@ def _from_dict(cls, data: dict):
     return cls(**data)
 
 
+def _check_ints(obj, ints: tuple[tuple[str, int], ...]) -> None:
+    """Raise the typed error for the first field of ``ints`` (name, lowest value) that is not an int >= lowest."""
+    for name, lo in ints:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise BadRequestError(f"{name} must be an integer >= {lo}", argument=name, value=value,
+                                  fix=f"pass an int >= {lo}")
+
+
+def _check_all(obj, what: str, checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """Raise ``invalid <what> setting <name>`` for the first failed (name, ok, fix) of ``checks``."""
+    for name, ok, fix in checks:
+        if not ok:
+            raise BadRequestError(f"invalid {what} setting {name}", argument=name, value=getattr(obj, name), fix=fix)
+
+
+PROMPT_LAYOUTS = ("target_last", "file_order")
+"""Track orders of a bar-infilling prompt (``music.infill``): the target track last, right before the span, or
+every track in file order (the paper's); the first is the one new runs train with."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of an RWKV-7 ("x070") model. Defaults are the paper's 35.1 M-parameter model."""
@@ -141,10 +162,7 @@ class SampleConfig:
             ("keep_register", _finite_at_least_zero(self.keep_register),
              "use 0 for off or a finite strength, e.g. 1"),
         )
-        for name, ok, fix in checks:
-            if not ok:
-                raise BadRequestError(f"invalid sampling setting {name}", argument=name, value=getattr(self, name),
-                                      fix=fix)
+        _check_all(self, "sampling", checks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -218,8 +236,8 @@ class TrainConfig:
     """Probability of a track-infilling sample (else bar infilling)."""
     augment: bool = True
     """Pitch (+-6) and velocity (+-2) augmentation of training samples (never of validation samples)."""
-    prompt_layout: str = "target_last"
-    """Track order of bar-infilling samples (``music.infill.LAYOUTS``): the target track last, right before the
+    prompt_layout: str = PROMPT_LAYOUTS[0]
+    """Track order of bar-infilling samples (:data:`PROMPT_LAYOUTS`): the target track last, right before the
     span (``"target_last"``), or every track in file order (``"file_order"``, the paper's). Recorded in the
     checkpoint; inference prompts in the same layout."""
     span_weight: float = 1.0
@@ -263,11 +281,7 @@ class TrainConfig:
         ints = (("ctx_len", 16), ("micro_batch", 1), ("grad_accum", 1), ("warmup_steps", 0), ("max_steps", 0),
                 ("max_tokens", 0), ("eval_every", 0), ("eval_batches", 0), ("ckpt_every", 0), ("keep_last", 1),
                 ("log_every", 1), ("seed", 0), ("val_seed", 0), ("threads", 0), ("workers", 0))
-        for name, lo in ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise BadRequestError(f"{name} must be an integer >= {lo}", argument=name, value=value,
-                                      fix=f"pass an int >= {lo}")
+        _check_ints(self, ints)
         checks = (
             ("data_dir", isinstance(self.data_dir, str) and bool(self.data_dir),
              "pass the folder written by prepare_corpus"),
@@ -283,7 +297,7 @@ class TrainConfig:
             ("w0_lr_scale", self.w0_lr_scale > 0, "use a positive multiplier, e.g. 2.0"),
             ("grad_clip", self.grad_clip >= 0, "use 0 for off or e.g. 1.0"),
             ("p_track", 0 <= self.p_track <= 1, "use a probability in [0, 1]"),
-            ("prompt_layout", self.prompt_layout in ("target_last", "file_order"),
+            ("prompt_layout", self.prompt_layout in PROMPT_LAYOUTS,
              "use 'target_last' (the default) or 'file_order' (the paper's)"),
             ("span_weight", isinstance(self.span_weight, (int, float)) and 0 < self.span_weight <= 100,
              "use a weight in (0, 100], e.g. 1 (off) or 3"),
@@ -292,10 +306,7 @@ class TrainConfig:
             ("dtype", self.dtype in ("auto", "bf16", "fp32"), "use 'auto', 'bf16' or 'fp32'"),
             ("device", self.device in ("auto", "cpu", "cuda"), "use 'auto', 'cpu' or 'cuda'"),
         )
-        for name, ok, fix in checks:
-            if not ok:
-                raise BadRequestError(f"invalid training setting {name}", argument=name, value=getattr(self, name),
-                                      fix=fix)
+        _check_all(self, "training", checks)
         if not (self.max_steps or self.max_tokens or self.max_minutes):
             raise BadRequestError("the run has no end", argument="max_steps", value=self.max_steps,
                                   fix="set max_steps, max_tokens or max_minutes (any combination; the first reached "
@@ -412,10 +423,7 @@ class DeviceConfig:
             ("max_files", isinstance(self.max_files, int) and self.max_files >= 5, "use at least 5 files"),
             ("threads", isinstance(self.threads, int) and self.threads >= 0, "use 0 (default) or a count"),
         )
-        for name, ok, fix in checks:
-            if not ok:
-                raise BadRequestError(f"invalid device setting {name}", argument=name, value=getattr(self, name),
-                                      fix=fix)
+        _check_all(self, "device", checks)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -495,11 +503,7 @@ class StyleConfig:
         ints = (("epochs", 1), ("samples_per_song", 1), ("warmup_steps", 0), ("micro_batch", 1), ("ctx_len", 16),
                 ("max_songs", 0), ("val_samples_per_song", 1), ("patience", 0), ("min_bars", 1), ("lora_rank", 1),
                 ("seed", 0), ("threads", 0))
-        for name, lo in ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise BadRequestError(f"{name} must be an integer >= {lo}", argument=name, value=value,
-                                      fix=f"pass an int >= {lo}")
+        _check_ints(self, ints)
         checks = (
             ("method", self.method in ("state", "lora"), "use 'state' or 'lora'"),
             ("lr", self.lr >= 0, "use 0 for the method's default or a positive learning rate"),
@@ -513,10 +517,7 @@ class StyleConfig:
             ("lora_alpha", self.lora_alpha >= 0, "use 0 for alpha = rank, or a positive alpha"),
             ("lora_targets", bool(self.lora_targets), "name at least one layer, e.g. ('att.key', 'att.value')"),
         )
-        for name, ok, fix in checks:
-            if not ok:
-                raise BadRequestError(f"invalid style-tuning setting {name}", argument=name,
-                                      value=getattr(self, name), fix=fix)
+        _check_all(self, "style-tuning", checks)
         if self.meter:
             num, sep, den = self.meter.partition("/")
             if not (sep and num.strip().isdigit() and den.strip().isdigit() and int(num) > 0 and int(den) > 0

@@ -79,15 +79,21 @@ class CopySystem:
 
     def run(self, case, seed: int) -> SystemOutput:
         t0 = time.perf_counter()
-        p, tt = case.prompt, case.track
-        n = p.n
-        bars = []
-        for j, header in enumerate(case.headers):
-            src = p.start - n + j
+        p = case.prompt
+        sources = []
+        for j in range(p.n):
+            src = p.start - p.n + j
             if src < 0:                    # fewer than n bars before the span: repeat those that exist
                 src = src % p.start if p.start > 0 else None
-            bars.append(list(header) + (list(tt.bars[src][2:]) if src is not None else []))
-        return SystemOutput(bars=bars, seconds=time.perf_counter() - t0)
+            sources.append(src)
+        return SystemOutput(bars=_pasted(case, sources), seconds=time.perf_counter() - t0)
+
+
+def _pasted(case, sources: list[int | None]) -> list[list[int]]:
+    """Per span bar: its real header, then the body of the target track's bar ``sources[j]`` (None: empty)."""
+    tt = case.track
+    return [list(header) + (list(tt.bars[src][2:]) if src is not None else [])
+            for header, src in zip(case.headers, sources)]
 
 
 # ------------------------------------------------------------------------------------------ random-other
@@ -139,11 +145,9 @@ class RandomOtherSystem:
 
     def run(self, case, seed: int) -> SystemOutput:
         t0 = time.perf_counter()
-        p, tt = case.prompt, case.track
-        sources = other_bars(tt, p.start, p.end, seed)
-        bars = [list(header) + (list(tt.bars[src][2:]) if src is not None else [])
-                for header, src in zip(case.headers, sources)]
-        return SystemOutput(bars=bars, seconds=time.perf_counter() - t0)
+        p = case.prompt
+        sources = other_bars(case.track, p.start, p.end, seed)
+        return SystemOutput(bars=_pasted(case, sources), seconds=time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------------- rwkv

@@ -599,7 +599,7 @@ class EvalConfig:
     min_notes: int = 101
     """MIDI sources: drop files with fewer notes (as ``prepare``)."""
     sample: SampleConfig = field(default_factory=SampleConfig)
-    """Sampling settings of the model systems (paper defaults)."""
+    """Sampling settings of the model systems (``SampleConfig``'s defaults)."""
     save_midi: bool = True
     """Write ``gens/<prompt>/<system>.mid`` and ``original.mid`` (context window only)."""
     piano_rolls: int = 4

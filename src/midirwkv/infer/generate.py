@@ -6,9 +6,9 @@ FEEDS the bar's real header (``Bar_None TimeSig_x/y`` from ``Prompt.bar_headers`
 (or ``FillBar_End`` on the last bar); the loop then opens the next bar, or stops after the last one, so a
 span always holds exactly the requested bars and the controls are always fed right after a header, never
 after notes. A grammar guard masks everything that cannot occur at that point of a bar or that the splice
-would drop: track and program tokens, padding, a second header, tempo changes, BPE tokens that merge a bar start with notes, out-of-order positions,
-a note over the per-bar cap, an empty bar when the bar was asked to hold notes, a run of empty bars
-nobody asked for.
+would drop: track and program tokens, padding, a second header, tempo changes, BPE tokens that merge a bar
+start with notes, out-of-order positions, a note over the per-bar cap, an empty bar when the bar was asked to
+hold notes, a run of empty bars nobody asked for.
 
 Track infilling runs the same loop with ``Track_End`` as the last bar's end token (``Grammar.for_track``),
 no per-bar controls (the track controls sit in the prompt), runs of empty bars allowed (a track may rest

@@ -138,12 +138,9 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tuple[RWKV7, Path, dict]:
-    """Load a folder written by :func:`save_checkpoint` -> ``(model, tokenizer_json_path, meta)``.
-
-    The model comes back in eval mode; LoRA layers and learned start states are restored when present. Split
-    weights (:data:`SHARD_NAME` files) are joined.
-    """
+def read_checkpoint_info(dir: str | Path) -> tuple[ModelConfig, dict]:
+    """``(model config, meta)`` of a folder written by :func:`save_checkpoint`, without reading its weights
+    (what a resumed run or a depth-grown one needs of the checkpoint it started from)."""
     dir = Path(dir)
     if not dir.is_dir():
         raise CheckpointError("checkpoint folder not found", argument="dir", value=str(dir),
@@ -155,7 +152,17 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tupl
             raise
         raise CheckpointError(f"config.json does not describe a model ({exc})", argument="dir", value=str(dir),
                               fix="restore config.json or save the checkpoint again") from exc
-    meta = _read_json(dir / META, META)
+    return cfg, _read_json(dir / META, META)
+
+
+def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> tuple[RWKV7, Path, dict]:
+    """Load a folder written by :func:`save_checkpoint` -> ``(model, tokenizer_json_path, meta)``.
+
+    The model comes back in eval mode; LoRA layers and learned start states are restored when present. Split
+    weights (:data:`SHARD_NAME` files) are joined.
+    """
+    dir = Path(dir)
+    cfg, meta = read_checkpoint_info(dir)
     tok = dir / TOKENIZER
     if not tok.is_file():
         raise CheckpointError(f"checkpoint lacks {TOKENIZER}", argument="dir", value=str(dir),

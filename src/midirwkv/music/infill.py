@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from midirwkv.config import PROMPT_LAYOUTS
 from midirwkv.errors import BadRequestError
 from midirwkv.music.controls import BarControls, BarNotes, TrackControls
 from midirwkv.music.remi import (
@@ -45,7 +46,7 @@ from midirwkv.music.remi import (
 )
 
 
-LAYOUTS = ("target_last", "file_order")
+LAYOUTS = PROMPT_LAYOUTS
 """Track orders of a bar-infilling prompt (see the module docstring); the first is the one new runs train with."""
 
 

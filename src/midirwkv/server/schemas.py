@@ -112,7 +112,7 @@ class NotesOut(BaseModel):
 
 
 class SamplingIn(_Strict):
-    """Sampling settings (``SampleConfig``'s defaults, the paper's); validated again by ``SampleConfig``."""
+    """Sampling settings (``SampleConfig``'s defaults); validated again by ``SampleConfig``."""
 
     temperature: float = Field(_SAMPLE.temperature, gt=0, le=5)
     top_k: int = Field(_SAMPLE.top_k, ge=0, le=1000)

@@ -16,15 +16,16 @@ fractions that are set).
 
 The loss is the weighted token mean of the cross-entropy over the sample's loss mask (given tokens and
 padding are excluded), taken over the whole optimizer step on every process; tokens of the infilled part
-weigh ``span_weight`` (1 by default: the plain mean). Bar-infilling samples use ``prompt_layout``. Validation reports it overall and on the
-infilled part alone (the sample's ``target_mask``: the span bars or the written track).
+weigh ``span_weight`` (1 by default: the plain mean). Bar-infilling samples use ``prompt_layout``.
+Validation reports it overall and on the infilled part alone (the sample's ``target_mask``: the span bars or
+the written track).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -556,7 +557,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     from tqdm import tqdm
 
     from midirwkv.data.dataset import TokenCache
-    from midirwkv.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
+    from midirwkv.model.checkpoint import load_checkpoint, load_weights, read_checkpoint_info, save_checkpoint
     from midirwkv.model.rwkv7 import RWKV7
     from midirwkv.music.vocab import Vocab
 
@@ -591,15 +592,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         init_cfg = init_model.cfg
     elif cfg.init_from:
         # resuming a run that started from a checkpoint: its shape and lineage, without its weights
-        init_dir = Path(cfg.init_from)
-        try:
-            init_cfg = ModelConfig.from_dict(json.loads((init_dir / "config.json").read_text(encoding="utf-8")))
-            init_meta = json.loads((init_dir / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read the init_from checkpoint of the run to resume ({exc})",
-                                  argument="init_from", value=cfg.init_from,
-                                  fix="restore that folder (its config.json and meta.json), or resume with "
-                                      "--init-from pointing at a copy of it") from exc
+        init_cfg, init_meta = read_checkpoint_info(cfg.init_from)
     model_cfg = _model_config(cfg, vocab.size, init_cfg)
     if saved is not None and saved["model_config"] != model_cfg.to_dict():
         raise CheckpointError("the checkpoint to resume was made for another model shape", argument="model",
