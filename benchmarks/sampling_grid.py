@@ -99,7 +99,7 @@ def pick(summary: dict[str, dict[str, float]], labels: list[str]) -> tuple[str, 
 
 
 def _write(path: Path, text: str) -> None:
-    from midirwkv.eval.protocol import write_text_atomic
+    from midirwkv.files import write_text_atomic
     write_text_atomic(path, text)
 
 

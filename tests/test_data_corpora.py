@@ -357,14 +357,13 @@ def test_gigamidi_row_adapter():
 
 
 def test_gigamidi_from_local_parquet(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("datasets")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table({"md5": [p.stem for p in REAL[:3]], "music": [p.read_bytes() for p in REAL[:3]],
                       "num_tracks": [3, 3, 3]})
     pq.write_table(table, tmp_path / "train.parquet")
-    assert datasets is not None
     got = list(corpora.load_gigamidi("train", cache_dir=tmp_path / "hf", streaming=True, dataset_id="parquet",
                                      data_files={"train": str(tmp_path / "train.parquet")}))
     assert [n for n, _ in got] == [f"{p.stem}.mid" for p in REAL[:3]]

@@ -15,6 +15,8 @@ from midirwkv.errors import BadRequestError
 from midirwkv.eval import baselines, protocol, report
 from midirwkv.eval.metrics import HIGHER_IS_BETTER
 from midirwkv.eval.protocol import EvalCase, EvalConfig, EvalPrompt
+from midirwkv.eval.records import dumps
+from midirwkv.files import write_text_atomic
 from midirwkv.music.remi import load_score
 from midirwkv.music.vocab import Vocab
 
@@ -225,7 +227,7 @@ def test_rescore_computes_the_new_metrics(evaluated):
     old = [dict(r, metrics={k: v for k, v in r["metrics"].items() if k not in (*NEW_METRICS, "out_of_key_orig",
                                                                                "register_off12_orig")})
            for r in before]                                    # a folder scored before these metrics existed
-    protocol.write_text_atomic(path, "".join(protocol.dumps(r) + "\n" for r in old))
+    write_text_atomic(path, "".join(dumps(r) + "\n" for r in old))
     assert protocol.rescore(out) == len(before)
     assert [r["metrics"] for r in protocol.read_jsonl(path)] == [r["metrics"] for r in before]
 

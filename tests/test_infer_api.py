@@ -105,9 +105,9 @@ def test_cli_infill_writes_variations_and_keeps_input(engine, song, capsys, monk
 
 def test_int8_engine_infills_and_is_cached_apart(song, tmp_path, capsys):
     """--int8 loads the shipped model with int8 decode weights; fp32 and int8 engines are cached apart."""
-    from midirwkv.model import fastdecode
+    from midirwkv.model import native
 
-    if fastdecode.library() is None:
+    if native.library() is None:
         pytest.skip("int8 decode needs the native library (a C compiler)")
     e8 = api.load_engine(None, int8=True)
     e32 = api.load_engine(None)

@@ -19,7 +19,7 @@ from midirwkv.infer.session import TrackSession
 from midirwkv.model.rwkv7 import RWKV7
 from midirwkv.music.controls import TrackControls
 from midirwkv.music.infill import TrackRequest, build_track_prompt, splice_track
-from midirwkv.music.remi import DRUM_PITCH_RANGE, decode_bar_tokens, encode_score, load_score
+from midirwkv.music.remi import DRUM_PITCH_RANGE, bar_grid, decode_bar_tokens, encode_score, load_score
 from midirwkv.music.vocab import Vocab
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -165,16 +165,24 @@ def test_drum_track(engine, vocab):
 
 
 def test_track_controls_are_reported(engine):
-    _, report = api.add_track(BACH, program=0, seed=5, sample=FAST, engine=engine, density="1-5",
-                              durations="quarter,eighth", repetition=0)
+    new, report = api.add_track(BACH, program=0, seed=5, sample=FAST, engine=engine, density="1-5",
+                                durations="quarter,eighth", repetition=0)
     span = report.variations[0].spans[0]
     asked, got = span.track_asked, span.track_achieved
     assert (asked.density_min, asked.density_max, asked.repetition) == (1, 5, 0)
     assert asked.dur_quarter is True and asked.dur_whole is False and asked.poly_min is None
     assert got is not None
-    assert span.track_missed == [n for n in ("density_min", "density_max", "dur_whole", "dur_half", "dur_quarter",
-                                             "dur_eighth", "dur_sixteenth", "dur_thirtysecond", "repetition")
-                                 if getattr(asked, n) != getattr(got, n)]
+    # the achieved density, counted here from the written notes: onsets per bar from the first to the last
+    # bar with a note, capped at 18
+    added = new.tracks[span.track]
+    bar_ticks, _ = bar_grid(new)
+    per_bar = np.histogram([n.time for n in added.notes], bins=bar_ticks)[0]
+    used = per_bar[np.flatnonzero(per_bar)[0]: np.flatnonzero(per_bar)[-1] + 1]
+    assert (got.density_min, got.density_max) == (min(int(used.min()), 18), min(int(used.max()), 18))
+    # a control is reported missed exactly when the count above differs from the request
+    assert ("density_min" in span.track_missed) == (int(used.min()) != 1)
+    assert ("density_max" in span.track_missed) == (min(int(used.max()), 18) != 5)
+    assert "poly_min" not in span.track_missed and "poly_max" not in span.track_missed     # free: never missed
     d = span.to_dict()
     assert d["kind"] == "track" and d["track_controls"]["asked"]["density_min"] == 1
 

@@ -21,9 +21,10 @@ TINY = ModelConfig(vocab_size=100, n_layer=2, n_embd=64, head_size=32, decay_lor
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """Our random tiny model and the same weights loaded by rwkv.model.RWKV (x070 mode)."""
-    os.environ["RWKV_V7_ON"] = "1"          # read by the rwkv package at import time
-    os.environ.setdefault("RWKV_JIT_ON", "0")
-    from rwkv.model import RWKV
+    with pytest.MonkeyPatch.context() as env:     # read by the rwkv package at import time, restored after
+        env.setenv("RWKV_V7_ON", "1")
+        env.setenv("RWKV_JIT_ON", os.environ.get("RWKV_JIT_ON", "0"))
+        from rwkv.model import RWKV
 
     if RWKV.__name__ != "RWKV_x070":
         pytest.skip("rwkv was imported before RWKV_V7_ON=1 was set; run this file on its own")

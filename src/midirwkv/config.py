@@ -312,11 +312,6 @@ class TrainConfig:
                                   fix="set max_steps, max_tokens or max_minutes (any combination; the first reached "
                                       "stops the run)")
 
-    @property
-    def tokens_per_step_max(self) -> int:
-        """Upper bound of tokens per optimizer step on one process (micro_batch x grad_accum x ctx_len)."""
-        return self.micro_batch * self.grad_accum * self.ctx_len
-
     def to_dict(self) -> dict:
         data = asdict(self)
         if isinstance(self.model, ModelConfig):

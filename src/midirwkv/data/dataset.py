@@ -225,10 +225,6 @@ class SampleDataset(_torch_dataset_base()):  # type: ignore[misc]
         self.build = build
         self.sample_kwargs = sample_kwargs
 
-    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
-        """Move to another epoch (and position in it) before iterating again."""
-        self.epoch, self.start_index = int(epoch), int(start_index)
-
     def __len__(self) -> int:
         """Positions left in the epoch over all ranks and workers."""
         return max(0, len(self.cache) - self.start_index)

@@ -643,7 +643,6 @@ def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
     tpq = _check_tpq(tpq)
     gen_all, orig_all = as_note_array(gen), as_note_array(orig)
     gen_in, orig_in = gen_all.in_span(int(bars[0]), int(bars[-1])), orig_all.in_span(int(bars[0]), int(bars[-1]))
-    cos, active = _frame_cosines(gen_all, orig_all, bars)
     gs, gs_orig = groove_similarity(gen_in, bars, tpq), groove_similarity(orig_in, bars, tpq)
     h, h_orig = pch_entropy(gen_in), pch_entropy(orig_in)
     onsets = onset_f1(gen_in, orig_in, tpq / GRID_CELLS_PER_QUARTER)
@@ -655,14 +654,14 @@ def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
         "n_bars": len(bars) - 1,
         "n_notes": len(gen_in),
         "n_notes_orig": len(orig_in),
-        "cp": float(cos.mean()),
-        "cp_active": float(cos[active].mean()) if active.any() else 1.0,
+        "cp": content_preservation(gen_all, orig_all, bars),
+        "cp_active": content_preservation_active(gen_all, orig_all, bars),
         "gs": gs,
         "gs_orig": gs_orig,
-        "gs_gap": abs(gs - gs_orig),
+        "gs_gap": groove_gap(gen_in, orig_in, bars, tpq),
         "pch_entropy": h,
         "pch_entropy_orig": h_orig,
-        "pche_diff": abs(h - h_orig),
+        "pche_diff": pche_diff(gen_in, orig_in),
         "onset_precision": onsets.precision,
         "onset_recall": onsets.recall,
         "onset_f1": onsets.f1,

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ import numpy as np
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadMidiError, BadRequestError, DataError
 from midirwkv.eval.metrics import NoteArray, score_span
+from midirwkv.eval.records import dumps, read_jsonl
+from midirwkv.files import write_atomic, write_text_atomic
 
 SPAN_CHOICES = (1, 2, 4, 8)
 """Span lengths of the paper's protocol (any positive n is accepted)."""
@@ -493,55 +495,6 @@ def window_info(case: EvalCase) -> dict:
 # ----------------------------------------------------------------------------------------------- files io
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then a rename)."""
-    from midirwkv.infer.api import write_atomic
-
-    return write_atomic(text.encode("utf-8"), path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def dumps(obj: Any, indent: int | None = None) -> str:
-    """JSON with NaN/inf written as null (strict JSON readers accept the result)."""
-    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete JSON lines of ``path`` (a line cut short by a crash is ignored); [] when missing."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def _repair_jsonl(path: Path) -> None:
     """Drop a trailing partial line (left by a crash) so appends start on a fresh line."""
     if not path.is_file():
@@ -731,7 +684,6 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
         folder = out / "gens" / prompt.id
         folder.mkdir(parents=True, exist_ok=True)
         if cfg.save_midi and not (folder / "original.mid").is_file():
-            from midirwkv.infer.api import write_atomic
             write_atomic(window_score(case).dumps_midi(), folder / "original.mid")
         for system in systems:
             if system.name in rows:
@@ -741,8 +693,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
             spent[system.name] += output.seconds
             row = _result_row(case, system.name, seed, output)
             if cfg.save_midi:
-                from midirwkv.infer.api import write_atomic
-                write_atomic(window_score(case, output.bars).dumps_midi(), folder / f"{system.name}.mid")
+                    write_atomic(window_score(case, output.bars).dumps_midi(), folder / f"{system.name}.mid")
             append_jsonl(results_path, row)
             rows[system.name] = row
         _write_prompt_json(folder, case, rows, cfg.save_midi)
@@ -753,11 +704,6 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
             + ", ".join(f"{n} {v:.1f}s" for n, v in spent.items()))
     rows_all = [r for p in prompts for r in done.get(p.id, {}).values()]
     return report_mod.write_report(out, rows_all, prompts, settings, n_piano_rolls=cfg.piano_rolls, progress=say)
-
-
-def iter_results(folder: str | Path) -> Iterator[dict]:
-    """The result rows of an evaluation folder (``results.jsonl``)."""
-    yield from read_jsonl(Path(folder) / "results.jsonl")
 
 
 def rescore(folder: str | Path, data: Sequence[str | Path] | None = None, progress: Progress | None = None) -> int:

@@ -23,6 +23,8 @@ import numpy as np
 from midirwkv.eval import stats
 from midirwkv.eval.baselines import REFERENCE_SYSTEM, SYSTEMS
 from midirwkv.eval.metrics import CONTROL_FIELDS, HIGHER_IS_BETTER
+from midirwkv.eval.records import dumps, read_jsonl
+from midirwkv.files import write_text_atomic
 
 PRIMARY = ("cp_active", "onset_f1", "gs_gap", "bits_per_note")
 """The report's primary figures (they separate a good infill from copying)."""
@@ -395,7 +397,6 @@ def write_report(out: str | Path, rows: Sequence[dict], prompts: Sequence[Any], 
     ``prompts`` are ``EvalPrompt`` objects or dicts (their order is the table's); ``settings`` is what
     ``settings.json`` holds (plus an optional ``command`` line to reproduce the run).
     """
-    from midirwkv.eval.protocol import dumps, write_text_atomic
 
     out = Path(out)
     ids = [p["id"] if isinstance(p, dict) else p.id for p in prompts]
@@ -433,7 +434,6 @@ def rebuild(folder: str | Path, *, n_piano_rolls: int = 4, n_boot: int = N_BOOT,
     """Write the report again from an evaluation folder's ``settings.json``, ``prompts.jsonl`` and
     ``results.jsonl`` (no model needed)."""
     from midirwkv.errors import BadRequestError
-    from midirwkv.eval.protocol import read_jsonl
 
     out = Path(folder)
     if not (out / "settings.json").is_file():

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from torch import Tensor
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError, CheckpointError, MidiRwkvError
+from midirwkv.files import atomic_folder, save_safetensors
 from midirwkv.model.lora import apply_lora, lora_modules, merge_lora
 from midirwkv.model.rwkv7 import RWKV7
 
@@ -72,8 +71,6 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
     weights in that type (e.g. ``torch.float16``; loading casts them back to the model's); ``shard_bytes > 0``
     splits them into :data:`SHARD_NAME` files of at most that many bytes each.
     """
-    from midirwkv.files import save_safetensors
-
     dir = Path(dir)
     tok = Path(tokenizer_json_path)
     if not tok.is_file():
@@ -94,9 +91,7 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
         first = next(iter(mods.values()))
         file_meta.update(lora_rank=str(first.rank), lora_alpha=str(first.alpha),
                          lora_targets=json.dumps(sorted({n.split(".", 2)[2] for n in mods})))
-    dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dir.name}.", dir=dir.parent))
-    try:
+    with atomic_folder(dir) as tmp:
         if plan is None:
             save_safetensors(tensors, tmp / WEIGHTS, metadata=file_meta)
         else:
@@ -109,16 +104,6 @@ def save_checkpoint(dir: str | Path, model: RWKV7, tokenizer_json_path: str | Pa
         (tmp / CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
         shutil.copyfile(tok, tmp / TOKENIZER)
         (tmp / META).write_text(meta_text)
-        if dir.exists():
-            old = dir.with_name(f".{dir.name}.old-{os.getpid()}")
-            dir.rename(old)
-            tmp.rename(dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dir
 
 
@@ -229,8 +214,6 @@ def read_weights(dir: str | Path, device: str | torch.device = "cpu") -> tuple[d
 
 def join_weights(dir: str | Path, path: str | Path) -> Path:
     """Write the weights of checkpoint folder ``dir`` (split or not) as one safetensors file ``path``."""
-    from midirwkv.files import save_safetensors
-
     tensors, file_meta = read_weights(dir)
     save_safetensors(tensors, path, metadata=file_meta)
     return Path(path)

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from midirwkv.errors import BadRequestError
+from midirwkv.model.native import MAX_HEAD_SIZE, NativeDecoder, library
+from midirwkv.model.ops import DECAY_SCALE, applied_weight
 from midirwkv.model.state import State
-from midirwkv.model.wkv import DECAY_SCALE
 
 if TYPE_CHECKING:
-    from midirwkv.model.fastdecode import NativeDecoder
     from midirwkv.model.rwkv7 import RWKV7
 
 
@@ -49,12 +49,6 @@ class LayerWeights:
     ffn_x_k: Tensor      # (C,)
     ffn_k_t: Tensor      # (C, F)
     ffn_v_t: Tensor      # (F, C)
-
-
-def applied_weight(module: nn.Module) -> Tensor:
-    """The weight a linear layer applies (LoRA layers add their low-rank update)."""
-    merged = getattr(module, "merged_weight", None)
-    return (merged() if callable(merged) else module.weight).detach()
 
 
 def _gemv_layout(module: nn.Module) -> Tensor:
@@ -89,7 +83,8 @@ class DecodeWeights:
         self.params = list(model.parameters())
         self.versions = [p._version for p in self.params]
         self.native = native
-        """The native decoder when the step runs in ``fastdecode.c``; then the torch layout is not built."""
+        """The native decoder when the step runs in C (:mod:`midirwkv.model.native`); then the torch layout is
+        not built."""
         if native is not None:
             return
         with torch.no_grad():
@@ -103,11 +98,9 @@ class DecodeWeights:
     @classmethod
     def build(cls, model: RWKV7, int8: bool = False) -> DecodeWeights:
         """The native layout where the library builds and the weights are fp32 on the CPU, else torch's."""
-        from midirwkv.model import fastdecode
-
-        fits = model.cfg.head_size <= fastdecode.MAX_HEAD_SIZE and all(
+        fits = model.cfg.head_size <= MAX_HEAD_SIZE and all(
             p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
-        lib = fastdecode.library() if fits else None
+        lib = library() if fits else None
         if lib is None:
             if int8:
                 raise BadRequestError("int8 decode needs the native decoder", argument="int8", value=True,
@@ -115,7 +108,7 @@ class DecodeWeights:
                                           "MIDIRWKV_DECODE unset")
             return cls(model)
         with torch.no_grad():
-            return cls(model, native=fastdecode.NativeDecoder(model, lib, int8=int8))
+            return cls(model, native=NativeDecoder(model, lib, int8=int8))
 
     def is_current(self) -> bool:
         """True while no parameter was modified in place since the build (tens of microseconds).

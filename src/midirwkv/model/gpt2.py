@@ -9,15 +9,14 @@ Needs HF ``transformers`` (the ``baseline`` extra).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError, CheckpointError
+from midirwkv.files import atomic_folder, save_safetensors
 
 ARCH = "gpt2"
 _CACHE_ARG = "past_key_values"
@@ -75,24 +74,13 @@ class GPT2Baseline(nn.Module):
 
 def save_baseline(dir: str | Path, model: GPT2Baseline, tokenizer_json_path: str | Path, meta: dict | None = None) -> Path:
     """Write the baseline's folder atomically (a temporary sibling renamed into place)."""
-    from midirwkv.files import save_safetensors
-
-    dir = Path(dir)
-    dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dir.name}.", dir=dir.parent))
-    try:
+    with atomic_folder(dir) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
         save_safetensors(tensors, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(model.config_dict(), indent=2))
         shutil.copyfile(tokenizer_json_path, tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str))
-        if dir.exists():
-            shutil.rmtree(dir)
-        os.replace(tmp, dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dir
+    return Path(dir)
 
 
 def load_baseline(dir: str | Path) -> tuple[GPT2Baseline, Path, dict]:

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.model.decode import DecodeWeights, decode_step
+from midirwkv.model.ops import DECAY_SCALE
 from midirwkv.model.state import State
-from midirwkv.model.wkv import DECAY_SCALE, DEFAULT_CHUNK, wkv, wkv_chunked, wkv_ref, wkv_step
+from midirwkv.model.wkv import DEFAULT_CHUNK, wkv, wkv_chunked, wkv_ref, wkv_step
 
 
 def _ortho(shape: tuple[int, ...], scale: float) -> Tensor:

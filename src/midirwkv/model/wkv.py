@@ -14,23 +14,20 @@ are ``(B, T, H, N)``; the state is ``(B, H, N, N)`` and is always kept in float3
 the unknown ``u_t = S_{t-1} a_t`` solves a unit lower-triangular system (the WY form of a product of
 diagonal-plus-rank-1 matrices), so everything but a short scan over chunks is batched matrix products.
 ``wkv_step`` is one token of decode. ``wkv`` picks flash-linear-attention's fused kernel on a CUDA device
-when it is installed; on the CPU the same recurrence run sequentially in C (``fastdecode``: forward for
+when it is installed; on the CPU the same recurrence run sequentially in C (``native``: forward for
 prefill, forward and backward with checkpointed states for training), else the chunked form.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from midirwkv.errors import BadRequestError
-
-DECAY_SCALE = math.exp(-0.5)
-"""The model's per-step log decay is ``-exp(-0.5) * sigmoid(.)``: decay in (0.545, 1), RWKV-LM's soft clamp."""
+from midirwkv.model import native
 
 DEFAULT_CHUNK = 32
 """Chunk length of ``wkv_chunked``. The model's decay keeps exp(|cumulative log decay| / 2) below ~2e4 at 32."""
@@ -202,19 +199,17 @@ def wkv_fla(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
 def wkv(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
         state0: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
     """The fastest available path: fla on CUDA when installed; on the CPU the recurrence run sequentially in
-    C (:mod:`midirwkv.model.fastdecode`: without gradients for prefill, with them for training, both exact);
+    C (:mod:`midirwkv.model.native`: without gradients for prefill, with them for training, both exact);
     else :func:`wkv_chunked`."""
     if r.is_cuda and _fla_available():
         return wkv_fla(r, w, k, v, a, b, state0)
     if not r.is_cuda:
-        from midirwkv.model import fastdecode
-
         _check(r, w, k, v, a, b, state0)
         inputs = (r, w, k, v, a, b) if state0 is None else (r, w, k, v, a, b, state0)
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-            out = fastdecode.wkv_train(r, w, k, v, a, b, state0)
+            out = native.wkv_train(r, w, k, v, a, b, state0)
         else:
-            out = fastdecode.wkv(r, w, k, v, a, b, state0)
+            out = native.wkv(r, w, k, v, a, b, state0)
         if out is not None:
             return out
     return wkv_chunked(r, w, k, v, a, b, state0, chunk)

@@ -34,7 +34,6 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from midirwkv.errors import BadRequestError, MidiRwkvError
+from midirwkv.files import write_atomic
 
 log = logging.getLogger("midirwkv.server")
 
@@ -216,22 +216,12 @@ class Storage:
 
     def write_bytes(self, path: Path, data: bytes) -> None:
         """Write ``data`` to ``path`` (mode 0600) through a temporary file in the same folder and one rename."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with self._lock:
-                old = path.stat().st_size if path.exists() else 0
-                os.replace(tmp, path)
-                key = self._key_of(path)
-                if key is not None:
-                    self._used[key] = self._used.get(key, 0) + len(data) - old
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with self._lock:    # the quota count and the file change together
+            old = path.stat().st_size if path.exists() else 0
+            write_atomic(data, path, mode=FILE_MODE)
+            key = self._key_of(path)
+            if key is not None:
+                self._used[key] = self._used.get(key, 0) + len(data) - old
 
     def write_json(self, path: Path, data: dict) -> None:
         """Atomic JSON write (see :meth:`write_bytes`)."""

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from midirwkv.errors import BadRequestError, CheckpointError, MidiRwkvError
+from midirwkv.files import atomic_folder
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 MAX_BYTES = 50 * 1024 * 1024
@@ -384,9 +383,8 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
     samples. When the two runs validated on different samples, ``data_dir`` (the token cache) lets both be
     measured on ``out``'s samples; without it that is an error.
     """
-    from midirwkv.train.loop import plot_curves
-
     from midirwkv.model.checkpoint import join_weights, weight_files, weights_bytes
+    from midirwkv.train.loop import plot_curves
 
     run_dir, out = Path(run_dir), Path(out)
     final = run_dir / "final"
@@ -437,9 +435,7 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
         if old_val is not None and (new_val is None or new_val >= old_val):
             raise BadRequestError("the new model is not better than the bundled one", argument="run_dir",
                                   value=f"val loss {new_val} vs {old_val}", fix="train longer, or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         for f in FILES:
             if f == "model.safetensors" and not (final / f).is_file():
                 join_weights(final, tmp / f)
@@ -452,17 +448,6 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
             combine_logs(previous, run_dir / "train_log.csv", tmp / "train_log.csv")
             plot_curves(tmp / "train_log.csv", tmp / "val_curve.png")
         write_card(tmp, meta, _params(tmp), notes)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -6,7 +6,7 @@
  * lasts, each matrix is streamed once per step whatever B is, and element-wise work stays in the caches.
  *
  * Weights are fp32 or int8 with one fp32 scale per output row (symmetric, per channel). Activations, the state
- * and all accumulation are fp32. Built at run time by midirwkv.model.fastdecode with the machine's C compiler;
+ * and all accumulation are fp32. Built at run time by midirwkv.model.native (build.py) with the machine's C compiler;
  * no torch or Python headers are needed, the layout contract is the pointer table below.
  */
 #include <math.h>
@@ -271,7 +271,7 @@ static void *run(void *arg) {
     }
     const int tid = job->tid, nt = atomic_load_explicit(job->go, memory_order_acquire);
     const int64_t B = st->B, C = st->C, H = st->H, N = st->N, F = st->F, D = st->D, Dg = st->Dg;
-    /* scratch, shared by all threads (see fastdecode_step for the sizes) */
+    /* scratch, shared by all threads (see rwkv7_decode_step for the sizes) */
     float *x = job->work;                 /* (B, C) residual stream */
     float *mix = x + B * C;               /* (7, B, C) */
     float *r = mix + 7 * B * C;           /* (B, C) */
@@ -412,7 +412,7 @@ static int64_t work_floats(const Step *st) {
 }
 
 /* Returns 0 on success, 1 on a bad argument, 2 when memory or threads could not be had. */
-int fastdecode_step(const Step *st) {
+int rwkv7_decode_step(const Step *st) {
     if (st->N > 256 || st->N < 1 || st->B < 1 || st->n_threads < 1) return 1;
     float *work = (float *)malloc(sizeof(float) * work_floats(st));
     if (!work) return 2;
@@ -446,7 +446,7 @@ int fastdecode_step(const Step *st) {
  * Inputs (B, T, H, N) contiguous; S (B, H, N, N) [value, key], updated in place; y (B, T, H, N).
  * Heads are independent, so threads take whole (batch, head) units and never wait for each other: a
  * sequential pass costs ~4 N^2 flops per token and head, far less than the chunked form's matrix products.
- * Run by fastdecode_wkv_train below (forward without checkpoints for inference). */
+ * Run by rwkv7_wkv below (forward without checkpoints for inference). */
 typedef struct {
     int64_t B, T, H, N;
     const float *r, *w, *k, *v, *a, *b;
@@ -593,7 +593,7 @@ static void *wkv_train_run(void *arg) {
 }
 
 /* Forward (backward = 0) or backward (1) of the WKV. Returns 0, 1 (bad argument) or 2 (memory). */
-int fastdecode_wkv_train(const WkvTrain *p) {
+int rwkv7_wkv(const WkvTrain *p) {
     if (p->f.N > 256 || p->f.N < 1 || p->f.B < 1 || p->f.T < 1 || p->K < 1 || p->f.n_threads < 1) return 1;
     if (p->backward && !p->ckpt) return 1;
     int nt = p->f.n_threads > 64 ? 64 : p->f.n_threads;

@@ -1,4 +1,4 @@
-"""Native decode (csrc/fastdecode.c): the same numbers as the torch path, the fallback, int8 weights."""
+"""Native decode (csrc/native.c): the same numbers as the torch path, the fallback, int8 weights."""
 
 import importlib
 import subprocess
@@ -10,7 +10,7 @@ from model_helpers import perturbed_model
 
 from midirwkv.config import ModelConfig
 from midirwkv.errors import BadRequestError
-from midirwkv.model import State, fastdecode
+from midirwkv.model import State, native
 from midirwkv.model.decode import DecodeWeights, decode_step
 from midirwkv.model.lora import apply_lora
 
@@ -18,7 +18,7 @@ from midirwkv.model.lora import apply_lora
 CFG = ModelConfig(vocab_size=101, n_layer=3, n_embd=96, head_size=32, decay_lora=12, aaa_lora=8, mv_lora=8,
                   gate_lora=20)
 
-pytestmark = pytest.mark.skipif(fastdecode.library() is None, reason="no C compiler: the torch path runs")
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the torch path runs")
 
 
 def model(seed=0, cfg=CFG):
@@ -129,7 +129,7 @@ def test_int8_weights_stay_close_and_read_a_quarter_of_the_bytes():
 
 def test_quantize_rows_round_trip():
     w = torch.randn(33, 70)
-    q, s = fastdecode.quantize_rows(w)
+    q, s = native.quantize_rows(w)
     assert q.dtype == torch.int8 and s.shape == (33,) and q.abs().max() <= 127
     assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-6).all()
 
@@ -147,7 +147,7 @@ def test_torch_fallback_and_bad_mode(monkeypatch):
             m.step(torch.tensor([1]), m.init_state(1))
     monkeypatch.setenv("MIDIRWKV_DECODE", "fast")
     with pytest.raises(BadRequestError, match="MIDIRWKV_DECODE"):
-        fastdecode.mode()
+        native.mode()
 
 
 def test_no_compiler_falls_back_with_a_warning(tmp_path):
@@ -194,10 +194,10 @@ def test_native_wkv_equals_the_reference_loop(threads):
     ins, s0 = wkv_inputs()
     y_ref, s_ref = wkv_ref(*ins, s0)
     before = s0.clone()
-    y, s = fastdecode.wkv(*ins, s0, threads=threads)
+    y, s = native.wkv(*ins, s0, threads=threads)
     assert torch.equal(s0, before)
     assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
-    y0, s0_out = fastdecode.wkv(*ins)                       # zero start state
+    y0, s0_out = native.wkv(*ins)                       # zero start state
     y0_ref, s0_ref = wkv_ref(*ins)
     assert rel(y0, y0_ref) < 1e-5 and rel(s0_out, s0_ref) < 1e-5
 
@@ -206,8 +206,8 @@ def test_wkv_picks_native_without_gradients_and_chunked_with(monkeypatch):
     wkv_mod = importlib.import_module("midirwkv.model.wkv")   # the module (the package exports the function)
     ins, s0 = wkv_inputs(T=40)
     calls = []
-    real = fastdecode.wkv
-    monkeypatch.setattr(fastdecode, "wkv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = native.wkv
+    monkeypatch.setattr(native, "wkv", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
         y1, _ = wkv_mod.wkv(*ins, s0)
     assert calls == [1]
@@ -229,7 +229,7 @@ def test_native_wkv_gradients_equal_the_reference_loop(T):
     gy, gs = torch.randn(a[0].shape, generator=g), torch.randn(s0.shape, generator=g)
     y1, s1 = wkv_ref(*a)
     ((y1 * gy).sum() + (s1 * gs).sum()).backward()
-    y2, s2 = fastdecode.wkv_train(*b)
+    y2, s2 = native.wkv_train(*b)
     ((y2 * gy).sum() + (s2 * gs).sum()).backward()
     assert rel(y2, y1) < 1e-5 and rel(s2, s1) < 1e-5
     for name, x1, x2 in zip(("r", "w", "k", "v", "a", "b", "s0"), a, b):
