@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from midirwkv.model.checkpoint import load_checkpoint
         from midirwkv.music.infill import LAYOUTS, layout_of
         from midirwkv.music.vocab import Vocab
-        from midirwkv.train.loop import validation_loss
+        from midirwkv.train.batches import validation_loss
 
         torch.set_num_threads(1)
         model, tok, meta = load_checkpoint(args.model)

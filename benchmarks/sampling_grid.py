@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from midirwkv.eval.baselines import RwkvSystem, make_systems
-    from midirwkv.eval.protocol import _result_row, draw_prompts, load_case, open_split, system_seed
+    from midirwkv.eval.prompts import draw_prompts, load_case, open_split
+    from midirwkv.eval.protocol import _result_row, system_seed
     from midirwkv.infer.api import load_engine
 
     out = Path(args.output)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from midirwkv.config import SampleConfig, StyleConfig
-from midirwkv.eval import metrics, stats
+from midirwkv.eval import metrics, notes, stats
 from midirwkv.infer import api
 from midirwkv.infer.style import resolve_style
 from midirwkv.music.infill import InfillRequest, build_prompt
@@ -128,7 +128,7 @@ def span_nll(model, init_state, vocab, st, trk: int, start: int, end: int, conte
 
 
 def notes_in(score, track: int):
-    return metrics.as_note_array(score.tracks[track].notes)
+    return notes.as_note_array(score.tracks[track].notes)
 
 
 def infill_scores(engine, style, song: Song, path_score, trk: int, start: int, end: int, context: int,

@@ -244,7 +244,7 @@ def test_resume_skips_finished_shards(tmp_path, monkeypatch):
 
     # a run that dies after two shards
     calls = {"n": 0}
-    real_run_shard = corpora._run_shard
+    real_run_shard = corpora.run_shard
 
     def dying(task):
         if calls["n"] == 2:
@@ -252,12 +252,12 @@ def test_resume_skips_finished_shards(tmp_path, monkeypatch):
         calls["n"] += 1
         return real_run_shard(task)
 
-    monkeypatch.setattr(corpora, "_run_shard", dying)
+    monkeypatch.setattr(corpora, "run_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         run([tmp_path / "in"], tmp_path / "out", shard_size=4)
     assert len(list((tmp_path / "out" / "shards").glob("*.npz"))) == 2
     assert not (tmp_path / "out" / "manifest.json").exists()
-    monkeypatch.setattr(corpora, "_run_shard", real_run_shard)
+    monkeypatch.setattr(corpora, "run_shard", real_run_shard)
 
     rep = run([tmp_path / "in"], tmp_path / "out", shard_size=4)
     assert rep.shards_skipped == 2

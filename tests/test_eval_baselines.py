@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from midirwkv.errors import BadRequestError
-from midirwkv.eval import baselines, protocol, report
+from midirwkv.eval import baselines, prompts, protocol, report
 from midirwkv.eval.metrics import HIGHER_IS_BETTER
-from midirwkv.eval.protocol import EvalCase, EvalConfig, EvalPrompt
+from midirwkv.eval.prompts import EvalCase, EvalPrompt
+from midirwkv.eval.protocol import EvalConfig
 from midirwkv.eval.records import dumps
 from midirwkv.files import write_text_atomic
 from midirwkv.music.remi import load_score
@@ -32,7 +33,7 @@ def vocab():
 @pytest.fixture(scope="module")
 def files(vocab):
     """The two bundled songs, read with their own meters (the chorale in 3/4, POP909 001 in 2/4)."""
-    return protocol.open_split([EXAMPLES], "all", vocab)
+    return prompts.open_split([EXAMPLES], "all", vocab)
 
 
 def file_index(files, name: str) -> int:
@@ -44,7 +45,7 @@ def case_of(files, vocab, name: str, track: int, start: int, end: int, context: 
     st = files.tokens(f)
     prompt = EvalPrompt(id="p0000", file=f, source=str(EXAMPLES), name=name, track=track, program=0,
                         is_drum=False, start=start, end=end, context=context, n_bars_file=st.n_bars)
-    return protocol.load_case(files, prompt, vocab)
+    return prompts.load_case(files, prompt, vocab)
 
 
 def transposed(vocab, bars: list[list[int]], semitones: int) -> list[list[int]]:
@@ -91,7 +92,7 @@ def test_random_other_prefers_blocks_that_hold_notes(files, vocab):
         assert any(tt.controls[b].density for b in sources)
         assert sources[-1] < 44 or sources[0] >= 46
         out = baselines.RandomOtherSystem().run(case, seed)
-        assert protocol.score_bars(case, out.bars)["n_notes"] > 0
+        assert prompts.score_bars(case, out.bars)["n_notes"] > 0
 
 
 def test_random_other_falls_back_to_the_bars_outside_the_span(files, vocab):
@@ -142,36 +143,36 @@ def test_context_notes_are_the_original_context_bars_outside_the_span(files, voc
 
 def test_real_span_transposed_scores_known_values(files, vocab):
     case = case_of(files, vocab, "bach_bwv269.mid", track=2, start=10, end=12)
-    orig = protocol.score_bars(case, case.original_bars)
+    orig = prompts.score_bars(case, case.original_bars)
     assert (orig["register_err"], orig["out_of_key"], orig["register_off12"]) == (0, 0, 0)
     assert orig["onset_only_f1"] == 1
     # The Alto's span is G F# G D E (mean 65.2); its context's mean pitch is 64.6.
     assert case.context_notes().pitch.mean() == pytest.approx(64.6)
-    up = protocol.score_bars(case, transposed(vocab, case.original_bars, 12))
+    up = prompts.score_bars(case, transposed(vocab, case.original_bars, 12))
     assert up["register_err"] == pytest.approx(12.0)
     assert up["onset_f1"] == 0.0 and up["onset_only_f1"] == 1.0          # same rhythm, other pitches
     assert up["out_of_key"] == 0.0                                       # an octave keeps the classes
     assert up["register_off12"] == 1.0                                   # 77.2 vs 64.6: 12.6 off
-    down = protocol.score_bars(case, transposed(vocab, case.original_bars, -12))
+    down = prompts.score_bars(case, transposed(vocab, case.original_bars, -12))
     assert down["register_err"] == pytest.approx(12.0) and down["register_off12"] == 0.0     # 53.2: 11.4 off
     # A semitone up: G# G G# D# F -> only G is in the context's key {D, E, F#, G, A, B}: 4 of 5 out.
-    semi = protocol.score_bars(case, transposed(vocab, case.original_bars, 1))
+    semi = prompts.score_bars(case, transposed(vocab, case.original_bars, 1))
     assert semi["out_of_key"] == pytest.approx(0.8) and semi["register_err"] == pytest.approx(1.0)
     # A tritone up: C# C C# G# A# -> all 5 out.
-    assert protocol.score_bars(case, transposed(vocab, case.original_bars, 6))["out_of_key"] == 1.0
+    assert prompts.score_bars(case, transposed(vocab, case.original_bars, 6))["out_of_key"] == 1.0
     for m in (up, down, semi):
         assert m["out_of_key_orig"] == 0.0 and m["register_off12_orig"] == 0.0
     # An empty span: the pitch measures are undefined, rhythm scores 0.
-    empty = protocol.score_bars(case, case.headers)
+    empty = prompts.score_bars(case, case.headers)
     assert math.isnan(empty["register_err"]) and math.isnan(empty["out_of_key"]) and empty["onset_only_f1"] == 0.0
 
 
 def test_drum_tracks_get_no_pitch_measures(vocab):
-    synthetic = protocol.open_split([Path(__file__).parent / "fixtures" / "synthetic"], "all", vocab,
+    synthetic = prompts.open_split([Path(__file__).parent / "fixtures" / "synthetic"], "all", vocab,
                                     min_bars=1, min_notes=1)
-    prompt = protocol.draw_prompts(synthetic, 1, bars=1, context=2, drums="only")[0]
-    case = protocol.load_case(synthetic, prompt, vocab)
-    m = protocol.score_bars(case, case.original_bars)
+    prompt = prompts.draw_prompts(synthetic, 1, bars=1, context=2, drums="only")[0]
+    case = prompts.load_case(synthetic, prompt, vocab)
+    m = prompts.score_bars(case, case.original_bars)
     assert m["onset_only_f1"] == 1.0
     assert all(math.isnan(m[k]) for k in ("register_err", "register_off12", "out_of_key", "out_of_key_orig"))
 
@@ -192,7 +193,7 @@ def test_evaluate_copy_and_random_other_end_to_end(evaluated, files, vocab):
     out, cfg, result = evaluated
     rows = protocol.read_jsonl(out / "results.jsonl")
     assert len(rows) == 8 and {r["system"] for r in rows} == {"copy", "random-other"}
-    prompts = {p["id"]: EvalPrompt.from_dict(p) for p in protocol.read_jsonl(out / "prompts.jsonl")}
+    by_id = {p["id"]: EvalPrompt.from_dict(p) for p in protocol.read_jsonl(out / "prompts.jsonl")}
     for r in rows:
         for key in (*NEW_METRICS, "out_of_key_orig", "register_off12_orig"):
             assert key in r["metrics"]
@@ -200,11 +201,11 @@ def test_evaluate_copy_and_random_other_end_to_end(evaluated, files, vocab):
             assert r["metrics"]["register_err"] is not None and 0 <= r["metrics"]["out_of_key"] <= 1
         assert r["metrics"]["bits_per_note"] is None
         if r["system"] == "random-other":                      # the stored bars are the system's, reproducibly
-            k = list(prompts).index(r["prompt"])
+            k = list(by_id).index(r["prompt"])
             assert r["seed"] == protocol.system_seed(cfg.seed, k, "random-other")
-            case = protocol.load_case(files, prompts[r["prompt"]], vocab)
+            case = prompts.load_case(files, by_id[r["prompt"]], vocab)
             assert r["bars"] == baselines.RandomOtherSystem().run(case, r["seed"]).bars
-            expected = json.loads(protocol.dumps(protocol.score_bars(case, r["bars"])))
+            expected = json.loads(dumps(prompts.score_bars(case, r["bars"])))
             assert r["metrics"] == {**expected, "bits_per_note": None}
         assert (out / "gens" / r["prompt"] / f"{r['system']}.mid").is_file()
     md = (out / "report.md").read_text()

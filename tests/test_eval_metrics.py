@@ -16,8 +16,6 @@ from midirwkv.errors import BadRequestError
 from midirwkv.eval.metrics import (
     CONTROL_FIELDS,
     HIGHER_IS_BETTER,
-    NoteArray,
-    as_note_array,
     bits_per_note,
     chroma_frames,
     content_preservation,
@@ -25,18 +23,21 @@ from midirwkv.eval.metrics import (
     control_adherence,
     groove_gap,
     groove_similarity,
-    key_pitch_classes,
-    mean_pitch,
     measure_bar_controls,
     onset_f1,
     onset_grids,
     onset_only_f1,
+    score_span,
+)
+from midirwkv.eval.notes import NoteArray, as_note_array
+from midirwkv.eval.pitch import (
+    key_pitch_classes,
+    mean_pitch,
     out_of_key,
     pch_entropy,
     pche_diff,
     register_err,
     register_off12,
-    score_span,
 )
 from midirwkv.music.controls import BarControls, control_field_names
 

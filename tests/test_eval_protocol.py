@@ -14,8 +14,9 @@ import torch
 
 from midirwkv.config import ModelConfig, SampleConfig
 from midirwkv.errors import BadRequestError, GenerationError
-from midirwkv.eval import baselines, protocol, report
-from midirwkv.eval.protocol import EvalCase, EvalConfig, EvalPrompt
+from midirwkv.eval import baselines, prompts, protocol, report
+from midirwkv.eval.prompts import EvalCase, EvalPrompt
+from midirwkv.eval.protocol import EvalConfig
 from midirwkv.model.gpt2 import GPT2Baseline, save_baseline
 from midirwkv.model.rwkv7 import RWKV7
 from midirwkv.music.remi import encode_score
@@ -53,7 +54,7 @@ def gpt2(vocab):
 
 @pytest.fixture(scope="module")
 def files(vocab):
-    return protocol.open_split([f"{POP}::4/4"], "all", vocab)
+    return prompts.open_split([f"{POP}::4/4"], "all", vocab)
 
 
 def repeating_case(vocab, n_bars: int = 12, span: tuple[int, int] = (6, 8)) -> EvalCase:
@@ -77,12 +78,12 @@ def repeating_case(vocab, n_bars: int = 12, span: tuple[int, int] = (6, 8)) -> E
 
 
 def test_prompt_draw_is_deterministic_and_valid(files):
-    a = protocol.draw_prompts(files, 6, bars=2, context=4, seed=3)
-    b = protocol.draw_prompts(files, 6, bars=2, context=4, seed=3)
-    c = protocol.draw_prompts(files, 6, bars=2, context=4, seed=4)
+    a = prompts.draw_prompts(files, 6, bars=2, context=4, seed=3)
+    b = prompts.draw_prompts(files, 6, bars=2, context=4, seed=3)
+    c = prompts.draw_prompts(files, 6, bars=2, context=4, seed=4)
     assert a == b
     assert a != c
-    assert protocol.draw_prompts(files, 3, bars=2, context=4, seed=3) == a[:3]      # a run can grow
+    assert prompts.draw_prompts(files, 3, bars=2, context=4, seed=3) == a[:3]      # a run can grow
     assert [p.id for p in a] == [f"p{k:04d}" for k in range(6)]
     for p in a:
         st = files.tokens(p.file)
@@ -93,14 +94,14 @@ def test_prompt_draw_is_deterministic_and_valid(files):
 
 
 def test_drum_modes_and_bad_settings(vocab, files):
-    synthetic = protocol.open_split([FIXTURES / "synthetic"], "all", vocab, min_bars=1, min_notes=1)
-    drums = protocol.draw_prompts(synthetic, 3, bars=1, context=2, drums="only")
+    synthetic = prompts.open_split([FIXTURES / "synthetic"], "all", vocab, min_bars=1, min_notes=1)
+    drums = prompts.draw_prompts(synthetic, 3, bars=1, context=2, drums="only")
     assert all(p.is_drum and p.group == "drums" for p in drums)
     with pytest.raises(BadRequestError):
-        protocol.draw_prompts(files, 2, bars=0, context=4)
+        prompts.draw_prompts(files, 2, bars=0, context=4)
     with pytest.raises(BadRequestError):
-        protocol.draw_prompts(files, 2, bars=2, context=4, drums="sometimes")
-    assert all(not p.is_drum for p in protocol.draw_prompts(files, 4, bars=2, context=4, drums="exclude"))
+        prompts.draw_prompts(files, 2, bars=2, context=4, drums="sometimes")
+    assert all(not p.is_drum for p in prompts.draw_prompts(files, 4, bars=2, context=4, drums="exclude"))
 
 
 def test_midi_sources_use_prepares_split_hash(vocab):
@@ -112,7 +113,7 @@ def test_midi_sources_use_prepares_split_hash(vocab):
     for path in sorted(POP.glob("*.mid")):
         expected[path.name] = assign_split(content_hash(load_score(path)), splits, 0)
     for split in ("train", "valid", "test"):
-        got = protocol.open_split([POP], split, vocab, splits=splits)
+        got = prompts.open_split([POP], split, vocab, splits=splits)
         assert sorted(got.meta(i)["name"] for i in range(len(got))) == sorted(
             n for n, s in expected.items() if s == split)
 
@@ -122,7 +123,7 @@ def test_midi_sources_use_prepares_split_hash(vocab):
 
 def test_identical_span_scores_perfectly(vocab):
     case = repeating_case(vocab)
-    m = protocol.score_bars(case, case.original_bars)
+    m = prompts.score_bars(case, case.original_bars)
     assert m["cp_active"] == pytest.approx(1.0)
     assert m["onset_f1"] == 1.0 and m["onset_precision"] == 1.0 and m["onset_recall"] == 1.0
     assert m["pche_diff"] == 0.0 and m["gs_gap"] == 0.0
@@ -131,12 +132,12 @@ def test_identical_span_scores_perfectly(vocab):
 
 
 def test_identical_span_on_a_real_file_and_empty_span(files, vocab):
-    prompt = protocol.draw_prompts(files, 1, bars=4, context=4, seed=0)[0]
-    case = protocol.load_case(files, prompt, vocab)
-    m = protocol.score_bars(case, case.original_bars)
+    prompt = prompts.draw_prompts(files, 1, bars=4, context=4, seed=0)[0]
+    case = prompts.load_case(files, prompt, vocab)
+    m = prompts.score_bars(case, case.original_bars)
     assert m["cp_active"] == pytest.approx(1.0) and m["onset_f1"] == 1.0 and m["pche_diff"] == 0.0
     assert m["gs_gap"] == 0.0 and m["ctrl_all_err"] == 0.0
-    empty = protocol.score_bars(case, case.headers)
+    empty = prompts.score_bars(case, case.headers)
     assert empty["n_notes"] == 0 and empty["onset_f1"] == 0.0 and empty["ctrl_density_err"] > 0
 
 
@@ -144,11 +145,11 @@ def test_copy_baseline(vocab, files):
     case = repeating_case(vocab)
     out = baselines.CopySystem().run(case, seed=0)
     assert out.bars == case.original_bars            # every bar is the same figure: copying is exact
-    m = protocol.score_bars(case, out.bars)
+    m = prompts.score_bars(case, out.bars)
     assert m["cp_active"] == pytest.approx(1.0) and m["onset_f1"] == 1.0 and m["ctrl_all_err"] == 0.0
     # on a real file: the n bars before the span, under the span bars' headers
-    prompt = protocol.draw_prompts(files, 1, bars=2, context=4, seed=1)[0]
-    real = protocol.load_case(files, prompt, vocab)
+    prompt = prompts.draw_prompts(files, 1, bars=2, context=4, seed=1)[0]
+    real = prompts.load_case(files, prompt, vocab)
     got = baselines.CopySystem().run(real, seed=0).bars
     tt = real.track
     assert got == [real.headers[j] + tt.bars[prompt.start - 2 + j][2:] for j in range(2)]
@@ -156,15 +157,15 @@ def test_copy_baseline(vocab, files):
 
 def test_window_midi_holds_the_span(vocab):
     case = repeating_case(vocab)
-    info = protocol.window_info(case)
-    score = protocol.window_score(case)
+    info = prompts.window_info(case)
+    score = prompts.window_score(case)
     notes = score.tracks[0].notes.numpy()
     lo, hi = info["span_ticks"][0], info["span_ticks"][-1]
     assert int(((notes["time"] >= lo) & (notes["time"] < hi)).sum()) == 10
     assert info["window_bars"] == [2, 12]
     # a replaced span: long generated notes are cut at the span's end, like music.infill.splice
     long_bar = list(case.headers[0]) + vocab.ids(["Position_0", "Pitch_60", "Velocity_79", "Duration_8.0.1"])
-    cut = protocol.window_score(case, [long_bar, list(case.headers[1])]).tracks[0].notes.numpy()
+    cut = prompts.window_score(case, [long_bar, list(case.headers[1])]).tracks[0].notes.numpy()
     at = cut["time"] == lo
     assert int(cut["duration"][at & (cut["pitch"] == 60)].max()) <= hi - lo
 

@@ -113,7 +113,7 @@ def test_samples_differ_only_in_track_order(vocab, song):
 
 
 def test_span_weight_scales_only_span_tokens():
-    from midirwkv.train.loop import TrainBatch, loss_weight_sum, masked_losses, training_loss
+    from midirwkv.train.batches import TrainBatch, loss_weight_sum, masked_losses, training_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)

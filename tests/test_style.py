@@ -56,7 +56,7 @@ def quick(**kw) -> StyleConfig:
 
 def fixed_samples(vocab, folder: Path, n: int = 2, ctx_len: int = 192) -> list:
     from midirwkv.music.examples import build_sample
-    from midirwkv.train.loop import SpanCollator
+    from midirwkv.train.batches import SpanCollator
 
     songs, _, _ = load_songs(folder, vocab, quick())
     samples = [build_sample(s.tokens, vocab, np.random.default_rng([5, i, k]), ctx_len=ctx_len, augment_data=False)
@@ -65,7 +65,7 @@ def fixed_samples(vocab, folder: Path, n: int = 2, ctx_len: int = 192) -> list:
 
 
 def mean_loss(model, batches) -> float:
-    from midirwkv.train.loop import masked_losses
+    from midirwkv.train.batches import masked_losses
 
     total = count = 0.0
     with torch.no_grad():

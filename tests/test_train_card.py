@@ -132,8 +132,8 @@ def test_validation_samples_depend_on_val_seed_not_on_seed(runs):
 
     from midirwkv.data.dataset import TokenCache
     from midirwkv.music.vocab import Vocab
+    from midirwkv.train.batches import validation_batches
     from midirwkv.train.distributed import DistInfo
-    from midirwkv.train.loop import _validation_batches
 
     root, _ = runs
     cache, vocab, info = TokenCache(root / "cache", "valid"), Vocab.load(), DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
@@ -141,7 +141,7 @@ def test_validation_samples_depend_on_val_seed_not_on_seed(runs):
     def ids(**kw):
         cfg = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "x"), ctx_len=96, micro_batch=2,
                           eval_batches=2, max_steps=1, **kw)
-        return torch.cat([b.input_ids.flatten() for b in _validation_batches(cache, vocab, cfg, info)])
+        return torch.cat([b.input_ids.flatten() for b in validation_batches(cache, vocab, cfg, info)])
 
     assert torch.equal(ids(seed=0), ids(seed=9))
     assert not torch.equal(ids(val_seed=0), ids(val_seed=9))

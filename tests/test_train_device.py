@@ -16,18 +16,9 @@ import torch
 from midirwkv.config import DeviceConfig, ModelConfig, TrainConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.model.checkpoint import load_checkpoint, weight_files
-from midirwkv.train.device import (
-    Measurement,
-    build_model,
-    find_start,
-    PackStream,
-    load_pack,
-    main,
-    make_batch,
-    model_config_for,
-    pick_size,
-    run_device,
-)
+from midirwkv.train.device import main, run_device
+from midirwkv.train.device_model import Measurement, build_model, find_start, model_config_for, pick_size
+from midirwkv.train.device_pack import PackStream, load_pack, make_batch
 from midirwkv.train.pack import default_pack_config, pack_device
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus" / "pop909"
@@ -82,14 +73,14 @@ def test_pack_holds_the_cpu_runs_samples_and_validation_batches(cache, pack):
     bit for bit the loop's; the pack states its share of the train split."""
     from midirwkv.data.dataset import SampleDataset, TokenCache
     from midirwkv.music.vocab import Vocab
+    from midirwkv.train.batches import SpanCollator, validation_batches
     from midirwkv.train.distributed import DistInfo
-    from midirwkv.train.loop import SpanCollator, _validation_batches
 
     p = load_pack(pack)
     vocab = Vocab.load(p.tokenizer)
     cfg = default_pack_config(cache, pack, **PACK_SETTINGS)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
-    want = _validation_batches(TokenCache(cache, "valid"), vocab, cfg, info)
+    want = validation_batches(TokenCache(cache, "valid"), vocab, cfg, info)
     assert len(p.valid) == len(want) == 2
     for got, ref in zip(p.valid, want, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(got[:4], ref[:4], strict=True)) and got.n_tokens == ref.n_tokens
@@ -209,7 +200,7 @@ def test_a_run_ended_by_an_exception_keeps_its_last_checkpoint(pack, tmp_path):
     with pytest.raises(RuntimeError, match="went away"):
         run_device(cfg, callback=stop)
     model, _, meta = load_checkpoint(out / "final")
-    assert 0 < meta["steps"] < seen[-1]
+    assert 0 < meta["steps"] <= seen[-1]     # equal when every step outlasts ckpt_every_s (a busy machine)
     assert [p.name for p in tmp_path.iterdir() if "stage" in p.name] == []      # the staging folder is removed
 
 

@@ -16,17 +16,9 @@ from midirwkv.config import ModelConfig, TrainConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.model.checkpoint import load_checkpoint
 from midirwkv.model.rwkv7 import RWKV7
-from midirwkv.train.loop import (
-    CSV_FIELDS,
-    StepInfo,
-    _TrainStream,
-    latest_checkpoint,
-    lr_at,
-    param_groups,
-    plot_curves,
-    read_log,
-    train,
-)
+from midirwkv.train.batches import TrainStream
+from midirwkv.train.loop import StepInfo, lr_at, param_groups, train
+from midirwkv.train.runlog import CSV_FIELDS, latest_checkpoint, plot_curves, read_log
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus" / "pop909"
 TINY = {"n_layer": 2, "n_embd": 64, "head_size": 32, "decay_lora": 8, "aaa_lora": 8, "mv_lora": 8, "gate_lora": 16}
@@ -207,8 +199,7 @@ def test_init_from_grows_depth_without_changing_the_function(prepared, tmp_path)
     model, _, meta = load_checkpoint(res.final_dir)
     assert model.cfg.n_layer == 4 and meta["grown_from_layers"] == 2
     # before any step the grown model computes exactly what the 2-layer one did
-    from midirwkv.model.checkpoint import grow_depth
-    from midirwkv.model.checkpoint import load_weights
+    from midirwkv.model.checkpoint import grow_depth, load_weights
     grown = RWKV7(deeper).eval()
     load_weights(grown, grow_depth(first.model.state_dict(), 2, 4))
     ids = torch.randint(0, 300, (2, 40))
@@ -226,14 +217,14 @@ def test_stream_position_is_exact_with_workers(prepared):
 
     cfg = tiny_cfg(prepared, Path("unused"), micro_batch=1, workers=2)
     cache, vocab, info = TokenCache(prepared, "train"), Vocab.load(), setup_distributed("cpu")
-    ref = _TrainStream(cache, vocab, cfg, info, 0, 0, 0)
+    ref = TrainStream(cache, vocab, cfg, info, 0, 0, 0)
     ids = [ref.next().input_ids for _ in range(12)]               # 8 files: crosses into epoch 1
     for k in (3, 4, 9):
-        s = _TrainStream(cache, vocab, cfg, info, 0, 0, 0)
+        s = TrainStream(cache, vocab, cfg, info, 0, 0, 0)
         for _ in range(k):
             s.next()
         pos = s.position()
-        again = _TrainStream(cache, vocab, cfg, info, pos["epoch"], pos["index"], pos["skip"])
+        again = TrainStream(cache, vocab, cfg, info, pos["epoch"], pos["index"], pos["skip"])
         for j in range(k, 12):
             assert torch.equal(again.next().input_ids, ids[j]), (k, j)
     assert all(t.shape[0] == 1 for t in ids)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from midirwkv.data.corpora import FORMAT_VERSION, N_CONTROLS, SPLITS
+from midirwkv.data.arrays import FORMAT_VERSION, N_CONTROLS, SPLITS
 from midirwkv.errors import DataError
 
 

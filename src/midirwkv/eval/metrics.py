@@ -24,13 +24,27 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from midirwkv.errors import BadRequestError
+from midirwkv.eval.notes import (
+    NoteArray,
+    NoteInput,
+    as_note_array,
+    check_bars,
+    check_tpq,
+)
+from midirwkv.eval.pitch import (
+    out_of_key,
+    pch_entropy,
+    pche_diff,
+    register_err,
+    register_off12,
+)
 from midirwkv.music.controls import DENSITY_MAX, DUR_UNITS_PER_QUARTER, POLY_RANGE, BarControls, BarNotes
 
 FRAMES_PER_BAR = 16
@@ -47,10 +61,6 @@ DURATION_FIELDS = ("dur_whole", "dur_half", "dur_quarter", "dur_eighth", "dur_si
 """Per-bar duration flags (0/1: a note of exactly this length occurs in the bar)."""
 CONTROL_FIELDS = ("density", "poly_min", "poly_max", *DURATION_FIELDS)
 """Every per-bar control scored by :func:`control_adherence`, in report order."""
-REGISTER_OFF_SEMITONES = 12
-""":func:`register_off12`: a span is off register when its mean pitch is MORE than this far from the context's."""
-KEY_SIZE = 7
-""":func:`key_pitch_classes`: the context's key is its 7 most used pitch classes (a diatonic scale's size)."""
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "cp": True,
@@ -76,128 +86,12 @@ listed."""
 # ----------------------------------------------------------------------------------------------- notes
 
 
-@dataclass(frozen=True)
-class NoteArray:
-    """Notes of one track as three equal-length int64 arrays: onset (ticks), duration (ticks), pitch (0..127)."""
-
-    onset: np.ndarray
-    duration: np.ndarray
-    pitch: np.ndarray
-
-    def __post_init__(self) -> None:
-        arrays = {}
-        for name in ("onset", "duration", "pitch"):
-            value = np.asarray(getattr(self, name))
-            if value.ndim != 1:
-                raise BadRequestError(f"NoteArray.{name} must be one-dimensional", argument=name,
-                                      value=value.shape, fix="pass one value per note")
-            if value.size and not np.all(np.isfinite(value)):
-                raise BadRequestError(f"NoteArray.{name} holds NaN or infinite values", argument=name,
-                                      value=value[~np.isfinite(value)][:3].tolist(), fix="pass integer ticks")
-            arrays[name] = value.astype(np.int64)
-            object.__setattr__(self, name, arrays[name])
-        lengths = {name: len(a) for name, a in arrays.items()}
-        if len(set(lengths.values())) != 1:
-            raise BadRequestError("NoteArray arrays differ in length", argument="onset/duration/pitch",
-                                  value=lengths, fix="pass one onset, duration and pitch per note")
-        if np.any(arrays["duration"] < 0):
-            raise BadRequestError("note durations must be >= 0", argument="duration",
-                                  value=int(arrays["duration"].min()), fix="pass durations in ticks, >= 0")
-        if np.any((arrays["pitch"] < 0) | (arrays["pitch"] > 127)):
-            raise BadRequestError("pitches must be MIDI numbers 0..127", argument="pitch",
-                                  value=arrays["pitch"][(arrays["pitch"] < 0) | (arrays["pitch"] > 127)][:3].tolist(),
-                                  fix="pass MIDI pitch numbers")
-
-    def __len__(self) -> int:
-        return len(self.onset)
-
-    @classmethod
-    def empty(cls) -> NoteArray:
-        """No notes."""
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-    @classmethod
-    def from_notes(cls, notes: Iterable[Any]) -> NoteArray:
-        """From objects with ``time`` (or ``onset``/``start``), ``duration`` and ``pitch`` (e.g. symusic Notes)."""
-        onsets, durations, pitches = [], [], []
-        for note in notes:
-            onsets.append(_first_attr(note, ("time", "onset", "start")))
-            durations.append(note.duration)
-            pitches.append(note.pitch)
-        return cls(np.asarray(onsets, np.int64), np.asarray(durations, np.int64), np.asarray(pitches, np.int64))
-
-    def in_span(self, start: int, end: int) -> NoteArray:
-        """The notes whose onset lies in ``[start, end)``."""
-        keep = (self.onset >= start) & (self.onset < end)
-        return NoteArray(self.onset[keep], self.duration[keep], self.pitch[keep])
-
-
-NoteInput = NoteArray | np.ndarray | Mapping[str, Any] | Iterable[Any]
-"""Anything :func:`as_note_array` accepts."""
-
-
-def _first_attr(obj: Any, names: Sequence[str]) -> Any:
-    for name in names:
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    raise BadRequestError("a note has no onset attribute", argument="notes", value=type(obj).__name__,
-                          fix=f"give each note one of the attributes {list(names)}")
-
-
-def _first_key(mapping: Mapping[str, Any], names: Sequence[str], what: str) -> Any:
-    for name in names:
-        if name in mapping:
-            return mapping[name]
-    raise BadRequestError(f"note fields hold no {what}", argument="notes", value=sorted(mapping),
-                          fix=f"name the field one of {list(names)}")
-
-
-def as_note_array(notes: NoteInput) -> NoteArray:
-    """Convert ``notes`` to a :class:`NoteArray`.
-
-    Accepts a NoteArray; a numpy structured array or a mapping of arrays with fields ``time``/``onset``/
-    ``start``, ``duration`` and ``pitch`` (symusic's ``track.notes.numpy()`` is such a mapping); or an
-    iterable of note objects with those attributes (symusic ``Note``).
-    """
-    if isinstance(notes, NoteArray):
-        return notes
-    if isinstance(notes, np.ndarray):
-        if notes.dtype.names is None:
-            raise BadRequestError("a plain numpy array has no note fields", argument="notes", value=notes.dtype,
-                                  fix="pass a structured array with fields onset, duration, pitch, or a NoteArray")
-        fields = {name: notes[name] for name in notes.dtype.names}
-        return as_note_array(fields)
-    if isinstance(notes, Mapping):
-        return NoteArray(_first_key(notes, ("onset", "time", "start"), "onsets"),
-                         _first_key(notes, ("duration",), "durations"),
-                         _first_key(notes, ("pitch",), "pitches"))
-    return NoteArray.from_notes(notes)
-
-
-def _check_bars(bar_ticks: Sequence[int] | np.ndarray) -> np.ndarray:
-    bars = np.asarray(bar_ticks)
-    if bars.ndim != 1 or len(bars) < 2:
-        raise BadRequestError("bar_ticks needs n_bars + 1 >= 2 boundaries", argument="bar_ticks",
-                              value=bars.tolist(), fix="pass the start tick of every span bar and the span's end")
-    if not np.all(np.diff(bars) > 0):
-        raise BadRequestError("bar_ticks must be strictly increasing", argument="bar_ticks",
-                              value=bars.tolist(), fix="pass bar start ticks in order, every bar longer than 0")
-    return bars.astype(np.int64)
-
-
-def _check_tpq(tpq: int) -> int:
-    if isinstance(tpq, bool) or not isinstance(tpq, (int, np.integer)) or tpq <= 0:
-        raise BadRequestError("tpq must be a positive integer", argument="tpq", value=tpq,
-                              fix="pass the ticks per quarter of the notes' time base")
-    return int(tpq)
-
-
 # ----------------------------------------------------------------------------------- content preservation
 
 
 def frame_edges(bar_ticks: Sequence[int] | np.ndarray) -> np.ndarray:
     """Frame boundaries in ticks (float): each bar cut into :data:`FRAMES_PER_BAR` equal frames."""
-    bars = _check_bars(bar_ticks).astype(np.float64)
+    bars = check_bars(bar_ticks).astype(np.float64)
     steps = np.arange(FRAMES_PER_BAR) / FRAMES_PER_BAR                         # (16,)
     edges = bars[:-1, None] + np.diff(bars)[:, None] * steps[None, :]          # (n_bars, 16)
     return np.append(edges.reshape(-1), bars[-1])                              # (n_bars * 16 + 1,)
@@ -294,8 +188,8 @@ def onset_grids(notes: NoteInput, bar_ticks: Sequence[int] | np.ndarray, tpq: in
     ignored.
     """
     notes = as_note_array(notes)
-    bars = _check_bars(bar_ticks)
-    tpq = _check_tpq(tpq)
+    bars = check_bars(bar_ticks)
+    tpq = check_tpq(tpq)
     cell = tpq / GRID_CELLS_PER_QUARTER
     bar_of = np.searchsorted(bars, notes.onset, side="right") - 1
     grids = []
@@ -338,33 +232,6 @@ def groove_gap(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
 
 
 # ---------------------------------------------------------------------------------------- pitch classes
-
-
-def pitch_class_histogram(notes: NoteInput) -> np.ndarray:
-    """12 counts: how many note onsets have each pitch class (C = 0)."""
-    notes = as_note_array(notes)
-    return np.bincount(notes.pitch % 12, minlength=12).astype(np.float64)
-
-
-def pch_entropy(notes: NoteInput) -> float:
-    """Shannon entropy in bits of the pitch-class histogram of the note onsets, in [0, log2 12].
-
-    Descriptive (no direction). No notes: defined as 0.0 (an empty histogram carries no uncertainty).
-    """
-    hist = pitch_class_histogram(notes)
-    total = hist.sum()
-    if total == 0:
-        return 0.0
-    p = hist[hist > 0] / total
-    return float(-(p * np.log2(p)).sum() + 0.0)  # + 0.0 turns -0.0 (one pitch class) into 0.0
-
-
-def pche_diff(gen: NoteInput, orig: NoteInput) -> float:
-    """Pitch-class histogram entropy difference ``|H(generated) - H(original)|`` in bits, lower is better.
-
-    Uses :func:`pch_entropy` on each side (an empty side has entropy 0).
-    """
-    return abs(pch_entropy(gen) - pch_entropy(orig))
 
 
 # --------------------------------------------------------------------------------------------- onset F1
@@ -447,63 +314,6 @@ def onset_only_f1(gen: NoteInput, orig: NoteInput, tolerance_ticks: float) -> On
 # ------------------------------------------------------------------------------------------ register and key
 
 
-def mean_pitch(notes: NoteInput) -> float:
-    """Mean MIDI pitch of the notes (each note counts once); NaN when there are none."""
-    notes = as_note_array(notes)
-    return float(notes.pitch.mean()) if len(notes) else math.nan
-
-
-def register_err(gen: NoteInput, orig: NoteInput) -> float:
-    """Register error ``|mean pitch(generated) - mean pitch(original)|`` in semitones, lower is better.
-
-    NaN when either side has no notes (no register to compare). A span transposed by an octave scores 12.
-    """
-    return abs(mean_pitch(gen) - mean_pitch(orig))
-
-
-def register_off12(gen: NoteInput, context: NoteInput) -> float:
-    """1.0 when the generated notes' mean pitch is more than :data:`REGISTER_OFF_SEMITONES` (12) semitones from
-    the mean pitch of the track's context notes, else 0.0; lower is better.
-
-    ``context``: the original notes of the same track around the span (not the span itself). Its mean over
-    prompts is the share of spans more than an octave off the track's register. Exactly 12 apart is not off.
-    NaN when either side has no notes.
-    """
-    gap = abs(mean_pitch(gen) - mean_pitch(context))
-    if math.isnan(gap):
-        return math.nan
-    return 1.0 if gap > REGISTER_OFF_SEMITONES else 0.0
-
-
-def key_pitch_classes(context: NoteInput, size: int = KEY_SIZE) -> np.ndarray:
-    """The ``size`` (7) most used pitch classes of ``context`` (counted note by note), sorted ascending.
-
-    Ties are broken toward the lower pitch class (C = 0 first), so the set is deterministic. Only classes
-    used at least once count: a context with fewer distinct classes gives all of them (never an unused one).
-    """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 12:
-        raise BadRequestError("size must be an integer in 1..12", argument="size", value=size,
-                              fix=f"pass {KEY_SIZE} (a diatonic scale)")
-    hist = pitch_class_histogram(context)
-    order = np.lexsort((np.arange(12), -hist))          # most used first, then the lower class
-    chosen = [int(pc) for pc in order[:size] if hist[pc] > 0]
-    return np.array(sorted(chosen), dtype=np.int64)
-
-
-def out_of_key(gen: NoteInput, context: NoteInput) -> float:
-    """Share of generated notes whose pitch class is not among :func:`key_pitch_classes` of ``context``, in
-    [0, 1], lower is better.
-
-    Counted note by note (a repeated out-of-key pitch counts each time). ``context``: the original notes of the
-    same track around the span. NaN when either side has no notes.
-    """
-    gen, context = as_note_array(gen), as_note_array(context)
-    if len(gen) == 0 or len(context) == 0:
-        return math.nan
-    key = key_pitch_classes(context)
-    return float(np.mean(~np.isin(gen.pitch % 12, key)))
-
-
 # ------------------------------------------------------------------------------------ control adherence
 
 
@@ -572,8 +382,8 @@ def measure_bar_controls(notes: NoteInput, bar_ticks: Sequence[int] | np.ndarray
     tokenizer-quantised notes (what generation decodes to). Drum tracks: density only.
     """
     notes = as_note_array(notes)
-    bars = _check_bars(bar_ticks)
-    tpq = _check_tpq(tpq)
+    bars = check_bars(bar_ticks)
+    tpq = check_tpq(tpq)
     bar_of = np.searchsorted(bars, notes.onset, side="right") - 1
     units = np.rint(notes.duration * (DUR_UNITS_PER_QUARTER / tpq)).astype(np.int64)
     out = []
@@ -639,8 +449,8 @@ def score_span(gen: NoteInput, orig: NoteInput, bar_ticks: Sequence[int] | np.nd
     context metrics are NaN). ``is_drum``: the pitch measures (``register_*``, ``out_of_key*``) are NaN,
     a drum "pitch" being an instrument. Empty sides never raise: see each metric for its defined value.
     """
-    bars = _check_bars(bar_ticks)
-    tpq = _check_tpq(tpq)
+    bars = check_bars(bar_ticks)
+    tpq = check_tpq(tpq)
     gen_all, orig_all = as_note_array(gen), as_note_array(orig)
     gen_in, orig_in = gen_all.in_span(int(bars[0]), int(bars[-1])), orig_all.in_span(int(bars[0]), int(bars[-1]))
     gs, gs_orig = groove_similarity(gen_in, bars, tpq), groove_similarity(orig_in, bars, tpq)

@@ -328,7 +328,7 @@ def plot_control_adherence(rows: Sequence[dict], path: Path, group: str = "pitch
 def _roll_examples(gens: Path, prompt_ids: Sequence[str], systems: Sequence[str]) -> list[dict]:
     """Piano-roll data from ``gens/<prompt>/prompt.json``: per prompt the target track's notes around the span,
     original and each system, decoded from the stored base ids."""
-    from midirwkv.eval.metrics import NoteArray
+    from midirwkv.eval.notes import NoteArray
     from midirwkv.music.remi import decode_bar_tokens
 
     examples = []

@@ -361,7 +361,7 @@ def compare_on_same_samples(run_dir: str | Path, out: str | Path, data_dir: str 
     from midirwkv.model.checkpoint import load_checkpoint
     from midirwkv.music.infill import layout_of
     from midirwkv.music.vocab import Vocab
-    from midirwkv.train.loop import validation_loss
+    from midirwkv.train.batches import validation_loss
 
     old_meta = _meta(Path(out))
     settings = _val_settings(old_meta)
@@ -384,7 +384,7 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
     measured on ``out``'s samples; without it that is an error.
     """
     from midirwkv.model.checkpoint import join_weights, weight_files, weights_bytes
-    from midirwkv.train.loop import plot_curves
+    from midirwkv.train.runlog import plot_curves
 
     run_dir, out = Path(run_dir), Path(out)
     final = run_dir / "final"

@@ -43,7 +43,6 @@ import contextlib
 import csv
 import dataclasses
 import gc
-import hashlib
 import json
 import math
 import os
@@ -57,42 +56,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from midirwkv.config import DeviceConfig, ModelConfig, TrainConfig, parse_size
-from midirwkv.errors import BadRequestError, CheckpointError, DataError, MidiRwkvError
-from midirwkv.train.loop import (
-    CSV_FIELDS,
-    LOG_NAME,
-    StepInfo,
+from midirwkv.config import DeviceConfig, ModelConfig, TrainConfig
+from midirwkv.errors import BadRequestError, DataError, MidiRwkvError
+from midirwkv.train.batches import (
     TrainBatch,
-    _to,
-    _unused_parameters,
     loss_sums,
     loss_weight_sum,
-    lr_at,
     masked_losses,
     mean_losses,
-    param_groups,
+    to_device,
     training_loss,
 )
+from midirwkv.train.device_model import (
+    Measurement,
+    Start,
+    build_model,
+    checkpoint_bytes,
+    device_info,
+    find_start,
+    model_config_for,
+    model_flops_per_token,
+    peak_flops,
+    pick_size,
+    resolve_device,
+    say,
+)
+from midirwkv.train.device_pack import (
+    MIB,
+    Pack,
+    PackStream,
+    load_pack,
+)
+from midirwkv.train.loop import StepInfo, lr_at, param_groups
+from midirwkv.train.runlog import CSV_FIELDS, LOG_NAME
 
-PACK_FORMAT = 1
-PACK_META = "pack.json"
-PACK_TOKENIZER = "tokenizer.json"
-PACK_VALID = "valid.safetensors"
-PACK_START = "start"
-TRAIN_PART = "train-{index:04d}.npz"
-"""One part of the packed training samples: ``ids`` (uint16, samples back to back), ``offsets`` (int64, n + 1),
-``span_start`` (int32: first position of the infilled part, the length when it was cut off), ``key``."""
-MIB = 1024 * 1024
 FINAL = "final"
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def _flops_text(rate: float) -> str:
@@ -115,303 +115,12 @@ def process_age() -> float:
 # The pack
 
 
-@dataclass
-class Pack:
-    """A pack loaded in memory: training samples back to back and the validation batches."""
-
-    folder: Path
-    meta: dict
-    tokenizer: Path
-    ids: np.ndarray
-    """(tokens,) uint16: every training sample's ids, back to back."""
-    offsets: np.ndarray
-    """(samples + 1,) int64: sample i is ``ids[offsets[i]:offsets[i + 1]]``."""
-    span_start: np.ndarray
-    """(samples,) int64: first position of sample i's infilled part (its length when there is none)."""
-    predicted: np.ndarray
-    """(vocab,) bool: ids that are training targets (control tokens and infill markers are given, not predicted)."""
-    valid: list[TrainBatch]
-
-    @property
-    def n_samples(self) -> int:
-        return len(self.span_start)
-
-    @property
-    def n_tokens(self) -> int:
-        """Predicted positions of all samples (each sample's length - 1, as the loop counts tokens)."""
-        return int(self.offsets[-1] - self.offsets[0]) - self.n_samples
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.meta["pad_id"])
-
-
-def valid_tensors(batches: Sequence[TrainBatch]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Validation batches as compact safetensors entries (ids int32, masks uint8) and metadata."""
-    tensors: dict[str, torch.Tensor] = {}
-    for k, b in enumerate(batches):
-        tensors[f"{k:03d}.input_ids"] = b.input_ids.to(torch.int32)
-        tensors[f"{k:03d}.targets"] = b.targets.to(torch.int32)
-        tensors[f"{k:03d}.loss_mask"] = b.loss_mask.to(torch.uint8)
-        tensors[f"{k:03d}.span_mask"] = b.span_mask.to(torch.uint8)
-    return tensors, {"batches": str(len(batches)), "n_tokens": json.dumps([int(b.n_tokens) for b in batches])}
-
-
-def read_valid(path: str | Path) -> list[TrainBatch]:
-    """The validation batches of a pack, exactly as ``train.loop`` builds them (long ids, float masks)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            n_tokens = json.loads(meta["n_tokens"])
-            out = []
-            for k in range(int(meta["batches"])):
-                out.append(TrainBatch(f.get_tensor(f"{k:03d}.input_ids").long(), f.get_tensor(f"{k:03d}.targets").long(),
-                                      f.get_tensor(f"{k:03d}.loss_mask").float(),
-                                      f.get_tensor(f"{k:03d}.span_mask").float(), int(n_tokens[k])))
-    except Exception as exc:  # safetensors and json raise several types on damaged files
-        raise DataError(f"cannot read the pack's validation batches ({exc})", argument="pack", value=str(path),
-                        fix="write the pack again with `midirwkv pack-device`") from exc
-    return out
-
-
-def load_pack(folder: str | Path) -> Pack:
-    """Read a folder written by ``midirwkv pack-device`` (numpy and safetensors only)."""
-    folder = Path(folder)
-    path = folder / PACK_META
-    if not path.is_file():
-        raise DataError("not a pack (pack.json missing)", argument="pack", value=str(folder),
-                        fix="write it with `midirwkv pack-device --data CACHE_DIR -o device`")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format") != PACK_FORMAT:
-        raise DataError("the pack was written by another format version", argument="pack", value=meta.get("format"),
-                        fix="write it again with this version's `midirwkv pack-device`")
-    ids, offsets, spans = [], [0], []
-    for part in meta["train"]["parts"]:
-        try:
-            with np.load(folder / part["name"]) as z:
-                if str(z["key"]) != meta["train"]["key"]:
-                    raise DataError("a training part belongs to another pack", argument="pack",
-                                    value=part["name"], fix="write the pack again into an empty folder")
-                part_ids, part_off, part_span = z["ids"], z["offsets"].astype(np.int64), z["span_start"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"cannot read training part {part['name']} ({exc})", argument="pack", value=str(folder),
-                            fix="copy the whole pack folder, or write it again") from exc
-        ids.append(part_ids)
-        offsets.extend((part_off[1:] + offsets[-1]).tolist())
-        spans.append(part_span.astype(np.int64))
-    tokenizer = folder / PACK_TOKENIZER
-    if not tokenizer.is_file():
-        raise DataError("the pack lacks its tokenizer.json", argument="pack", value=str(folder),
-                        fix="write the pack again")
-    predicted = np.ones(int(meta["vocab_size"]), dtype=bool)
-    predicted[np.asarray(meta["given_ids"], dtype=np.int64)] = False
-    pack = Pack(folder=folder, meta=meta, tokenizer=tokenizer,
-                ids=np.concatenate(ids) if ids else np.zeros(0, np.uint16), offsets=np.asarray(offsets, np.int64),
-                span_start=np.concatenate(spans) if spans else np.zeros(0, np.int64), predicted=predicted,
-                valid=read_valid(folder / PACK_VALID))
-    if pack.n_samples == 0:
-        raise DataError("the pack holds no training samples", argument="pack", value=str(folder),
-                        fix="write it again with a larger --max-mib")
-    return pack
-
-
-def make_batch(pack: Pack, indices: Sequence[int], width: int = 0) -> TrainBatch:
-    """Packed samples ``indices`` as the loop's padded batch (what ``SpanCollator`` makes of the same samples);
-    ``width`` pads it to at least that many positions (a memory probe at the longest length)."""
-    lens = pack.offsets[np.asarray(indices) + 1] - pack.offsets[np.asarray(indices)]
-    W = max(int(lens.max()) - 1, width)
-    B = len(indices)
-    inputs = np.full((B, W), pack.pad_id, dtype=np.int64)
-    targets = np.full((B, W), pack.pad_id, dtype=np.int64)
-    loss_mask = np.zeros((B, W), dtype=np.float32)
-    span_mask = np.zeros((B, W), dtype=np.float32)
-    n_tokens = 0
-    for row, i in enumerate(indices):
-        s = pack.ids[pack.offsets[i]:pack.offsets[i + 1]].astype(np.int64)
-        n = len(s) - 1
-        inputs[row, :n], targets[row, :n] = s[:-1], s[1:]
-        loss_mask[row, :n] = pack.predicted[s[1:]]
-        span_mask[row, :n] = np.arange(1, n + 1) >= pack.span_start[i]
-        n_tokens += n
-    return TrainBatch(torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(loss_mask),
-                      torch.from_numpy(span_mask), n_tokens)
-
-
-class PackStream:
-    """Batches of ``micro_batch`` packed samples: the stored order first (the CPU run's), then a permutation
-    seeded by ``(seed, pass)`` for every further pass."""
-
-    def __init__(self, pack: Pack, micro_batch: int, seed: int) -> None:
-        self.pack, self.micro_batch, self.seed = pack, int(micro_batch), int(seed)
-        self.passes, self.pos = 0, 0
-        self.order = np.arange(pack.n_samples)
-
-    def next(self, width: int = 0) -> TrainBatch:
-        idx = []
-        while len(idx) < self.micro_batch:
-            if self.pos == len(self.order):
-                self.passes += 1
-                self.pos = 0
-                self.order = np.random.default_rng([self.seed, self.passes]).permutation(self.pack.n_samples)
-            take = min(self.micro_batch - len(idx), len(self.order) - self.pos)
-            idx.extend(int(i) for i in self.order[self.pos:self.pos + take])
-            self.pos += take
-        return make_batch(self.pack, idx, width)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Sizes, FLOPs, the device
 
 
-def lora_dims(width: int) -> dict[str, int]:
-    """Low-rank dims of a width, by RWKV-LM's RWKV-7 suggestions (at least 32; 64/64/32/128 at width 768)."""
-    def dim(factor: float, power: float) -> int:
-        return max(32, int(round(factor * width ** power / 32) * 32))
-    return {"decay_lora": dim(1.8, 0.5), "aaa_lora": dim(1.8, 0.5), "mv_lora": dim(1.3, 0.5),
-            "gate_lora": dim(0.6, 0.8)}
-
-
-def model_config_for(size: str, vocab_size: int, start: ModelConfig | None = None) -> ModelConfig:
-    """The ModelConfig of ``size``; the start checkpoint's own shape (depth changed) when the width is its."""
-    layers, width = parse_size(size)
-    if start is not None and width == start.n_embd:
-        return dataclasses.replace(start, n_layer=layers)
-    head = next((h for h in (64, 32, 16, 8) if width % h == 0), width)
-    return ModelConfig(vocab_size=vocab_size, n_layer=layers, n_embd=width, head_size=head, **lora_dims(width))
-
-
-def model_flops_per_token(model: torch.nn.Module) -> float:
-    """Training FLOPs per token: 6 x the weights used in matrix products (all but the embedding, a lookup)
-    plus the WKV recurrence, 3 x 8 x layers x width x head size (forward ~4 multiply-adds per state entry,
-    backward twice the forward). The usual definition behind "model FLOP utilisation"."""
-    cfg = model.cfg
-    weights = sum(p.numel() for n, p in model.named_parameters() if n != "emb.weight")
-    return 6.0 * weights + 24.0 * cfg.n_layer * cfg.n_embd * cfg.head_size
-
-
-def checkpoint_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's weights in fp16."""
-    return sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
-
-
-def device_info(device: torch.device) -> dict:
-    """What the run found: name, memory, versions (printed and kept in the meta)."""
-    info: dict[str, Any] = {"kind": device.type, "torch": torch.__version__}
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(name=p.name, memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",
-                    multiprocessors=p.multi_processor_count, cuda=torch.version.cuda,
-                    bf16=bool(torch.cuda.is_bf16_supported()))
-    else:
-        import platform
-        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                    cpus=os.cpu_count())
-    return info
-
-
-def peak_flops(device: torch.device) -> tuple[float, str]:
-    """(FLOP/s, what was measured): the rate of a large matrix product in the training's matmul dtype (bf16
-    on CUDA, float32 on the CPU), best of a few timed runs."""
-    if device.type == "cuda":
-        n, dtype, reps = 8192, torch.bfloat16, 10
-    else:
-        n, dtype, reps = 512, torch.float32, 5
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync()
-    dt = time.perf_counter() - t
-    del a, b
-    return 2.0 * n ** 3 * reps / dt, f"{str(dtype).removeprefix('torch.')} {n}x{n}x{n} matrix product"
-
-
-def _resolve_device(cfg: DeviceConfig) -> torch.device:
-    if cfg.device == "cuda":
-        if not torch.cuda.is_available():
-            raise BadRequestError("no CUDA device is visible", argument="device", value="cuda",
-                                  fix="run on the GPU machine, or pass --device cpu for a dry run")
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
-
-
 # --------------------------------------------------------------------------------------------------------
 # Start checkpoint
-
-
-@dataclass
-class Start:
-    """Weights that start the sizes of their width."""
-
-    path: str
-    cfg: ModelConfig
-    tensors: dict[str, torch.Tensor]
-    meta: dict
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-def find_start(cfg: DeviceConfig, pack: Pack) -> Start | None:
-    """The start checkpoint (see ``DeviceConfig.start``), or None; one made with another tokenizer is skipped."""
-    from midirwkv.model.checkpoint import read_weights
-
-    if cfg.start == "none":
-        return None
-    if cfg.start:
-        folder = Path(cfg.start)
-    elif (pack.folder / PACK_START).is_dir():
-        folder = pack.folder / PACK_START
-    else:
-        folder = BUNDLED_MODEL
-    if not (folder / "config.json").is_file():
-        if cfg.start:
-            raise CheckpointError("the start checkpoint is not a checkpoint folder", argument="start", value=cfg.start,
-                                  fix="pass a folder with config.json, tokenizer.json, meta.json and weights")
-        return None
-    if _sha(folder / "tokenizer.json") != _sha(pack.tokenizer):
-        _say(f"start: {folder} uses another tokenizer than the pack: every size starts from random weights")
-        return None
-    tensors, _ = read_weights(folder)
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    mcfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-    # recorded relative to the repository root when under it, so that the path means the same thing back home
-    here = Path.cwd().resolve()
-    path = os.path.relpath(folder.resolve(), here) if folder.resolve().is_relative_to(here) else str(folder)
-    return Start(path=path, cfg=mcfg, tensors=tensors, meta=meta)
-
-
-def build_model(model_cfg: ModelConfig, start: Start | None, seed: int, kernel: str,
-                device: torch.device) -> tuple[torch.nn.Module, int | None, bool]:
-    """(model on ``device`` in train mode, layers it was grown from or None, whether it starts from ``start``)."""
-    from midirwkv.model.checkpoint import grow_depth, load_weights
-    from midirwkv.model.rwkv7 import RWKV7
-
-    torch.manual_seed(seed)
-    with torch.device(device):          # initialised where it trains (orthogonal init of big matrices is slow on a CPU)
-        model = RWKV7(model_cfg)
-    model.wkv_kernel = kernel
-    grown, used = None, False
-    if start is not None and dataclasses.replace(model_cfg, n_layer=start.cfg.n_layer) == start.cfg \
-            and model_cfg.n_layer >= start.cfg.n_layer:
-        tensors = start.tensors
-        if model_cfg.n_layer > start.cfg.n_layer:
-            grown = start.cfg.n_layer
-            tensors = grow_depth(tensors, grown, model_cfg.n_layer)
-        load_weights(model, tensors, source=start.path)
-        used = True
-    model.to(device).train()
-    for name in _unused_parameters(model, device):
-        model.get_parameter(name).requires_grad_(False)
-    return model, grown, used
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -440,7 +149,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: TrainB
     for g in opt.param_groups:
         g["lr"] = lr * g["lr_scale"]
     n_mask = loss_weight_sum(batch, span_weight)
-    b = _to(batch, device)
+    b = to_device(batch, device)
     with _autocast(device)():
         logits = model(b.input_ids)
     loss, span = masked_losses(logits, b)
@@ -460,36 +169,6 @@ def _free(device: torch.device) -> None:
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-@dataclass
-class Measurement:
-    """Throughput of one candidate size."""
-
-    size: str
-    params: int
-    micro_batch: int
-    tokens_per_s: float
-    flops_per_token: float
-    fits: bool = True
-    """False when even the smallest batch did not fit in memory, or the checkpoint would pass its limits."""
-    note: str = ""
-
-    def tokens_per_param(self, seconds: float) -> float:
-        return self.tokens_per_s * seconds / max(self.params, 1)
-
-
-def pick_size(measured: Sequence[Measurement], seconds: float, tokens_per_param: float) -> Measurement:
-    """The largest fitting candidate that sees ``tokens_per_param`` tokens per parameter in ``seconds``;
-    when none does, the fitting one that sees the most tokens per parameter."""
-    fitting = [m for m in measured if m.fits and m.tokens_per_s > 0]
-    if not fitting:
-        raise BadRequestError("no candidate size fits this device", argument="candidates",
-                              value=[m.size for m in measured], fix="name smaller sizes, or a smaller --micro-batch")
-    good = [m for m in fitting if m.tokens_per_param(seconds) >= tokens_per_param]
-    if good:
-        return max(good, key=lambda m: m.params)
-    return max(fitting, key=lambda m: m.tokens_per_param(seconds))
 
 
 def measure(size: str, pack: Pack, start: Start | None, cfg: DeviceConfig, tcfg: TrainConfig,
@@ -574,7 +253,7 @@ def _stage_root(out: Path) -> Path:
         shutil.rmtree(root, ignore_errors=True)
     except OSError:
         pass
-    _say(f"note: staging checkpoints inside {out} (its parent is not writable on the same file system)")
+    say(f"note: staging checkpoints inside {out} (its parent is not writable on the same file system)")
     return Path(tempfile.mkdtemp(prefix=".stage-", dir=out))
 
 
@@ -656,21 +335,21 @@ def run_device(cfg: DeviceConfig, callback: Callable[[StepInfo], None] | None = 
     deadline = t0 + 60.0 * cfg.minutes
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _resolve_device(cfg)
+    device = resolve_device(cfg)
     info = device_info(device)
-    _say("device: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    say("device: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     peak, peak_what = peak_flops(device)
-    _say(f"peak: {_flops_text(peak)} ({peak_what}, measured)")
+    say(f"peak: {_flops_text(peak)} ({peak_what}, measured)")
 
     pack = load_pack(cfg.pack)
     tr, va = pack.meta["train"], pack.meta["valid"]
     mb_val = int(va["micro_batch"])
-    _say(f"pack: {pack.n_samples} samples, {pack.n_tokens / 1e6:.1f} M tokens ({tr['share']}), ctx {tr['ctx_len']}, "
+    say(f"pack: {pack.n_samples} samples, {pack.n_tokens / 1e6:.1f} M tokens ({tr['share']}), ctx {tr['ctx_len']}, "
          f"layout {tr['prompt_layout']}; validation: {len(pack.valid)} batches of {mb_val} "
          f"({va['val_split']} split, seed {va['val_seed']}); vocabulary {pack.meta['vocab_size']}")
     start = find_start(cfg, pack)
     if start is not None:
-        _say(f"start: {start.path} ({start.cfg.n_layer}x{start.cfg.n_embd}) starts the sizes of width {start.cfg.n_embd}")
+        say(f"start: {start.path} ({start.cfg.n_layer}x{start.cfg.n_embd}) starts the sizes of width {start.cfg.n_embd}")
 
     B0 = cfg.micro_batch or (64 if device.type == "cuda" else mb_val)
     if B0 % mb_val:
@@ -690,12 +369,12 @@ def run_device(cfg: DeviceConfig, callback: Callable[[StepInfo], None] | None = 
     else:
         sizes = list(cfg.candidates)
         per = min(cfg.measure_s, 0.3 * time_left()) / len(sizes)
-        _say(f"measuring {len(sizes)} sizes for about {per:.1f} s each")
+        say(f"measuring {len(sizes)} sizes for about {per:.1f} s each")
         for s in sizes:
             m = measure(s, pack, start, cfg, base_tcfg, device, B0, per, mb_val)
             measured.append(m)
             left = time_left() - reserve - per * (len(sizes) - len(measured))
-            _say(f"  {s}: {m.params / 1e6:.2f} M parameters, batch {m.micro_batch}, {m.tokens_per_s:,.0f} tokens/s, "
+            say(f"  {s}: {m.params / 1e6:.2f} M parameters, batch {m.micro_batch}, {m.tokens_per_s:,.0f} tokens/s, "
                  f"{m.tokens_per_param(left):.1f} tokens/parameter in the time left"
                  + (f" (skipped: {m.note})" if not m.fits else ""))
         left = time_left() - reserve
@@ -704,7 +383,7 @@ def run_device(cfg: DeviceConfig, callback: Callable[[StepInfo], None] | None = 
         why = (f"the largest that sees >= {cfg.tokens_per_param:g} tokens/parameter in {left:.0f} s"
                if chosen.tokens_per_param(left) >= cfg.tokens_per_param
                else f"no size sees {cfg.tokens_per_param:g} tokens/parameter in {left:.0f} s; this one sees the most")
-        _say(f"picked {size}: {why}")
+        say(f"picked {size}: {why}")
 
     model_cfg = model_config_for(size, int(pack.meta["vocab_size"]), start.cfg if start else None)
     model, grown, from_start = build_model(model_cfg, start, cfg.seed, cfg.kernel, device)
@@ -715,7 +394,7 @@ def run_device(cfg: DeviceConfig, callback: Callable[[StepInfo], None] | None = 
     params = sum(p.numel() for p in model.parameters())
     flops = model_flops_per_token(model)
     init_from = start.path if from_start and start is not None else ""
-    _say(f"training {size} ({params / 1e6:.2f} M parameters, {flops / 1e6:.1f} MFLOP/token"
+    say(f"training {size} ({params / 1e6:.2f} M parameters, {flops / 1e6:.1f} MFLOP/token"
          + (f", from {init_from}" + (f" grown from {grown} layers" if grown else "") if init_from else ", from random weights")
          + f"), batch {B} x <= {tr['ctx_len']} tokens, kernel {cfg.kernel}, "
          + ("bf16 autocast" if device.type == "cuda" else "float32"))
@@ -777,7 +456,7 @@ def _train(cfg: DeviceConfig, pack: Pack, model: torch.nn.Module, model_cfg: Mod
         nonlocal val_loss, val_span, final_dir, reserve, eval_every
         t = time.perf_counter()
         model.eval()
-        val_loss, val_span = mean_losses(loss_sums(model, pack.valid, lambda b: _to(b, device), autocast))
+        val_loss, val_span = mean_losses(loss_sums(model, pack.valid, lambda b: to_device(b, device), autocast))
         model.train()
         eval_every = eval_every or step
         val_curve.append({"step": step, "tokens": tokens, "val_loss": val_loss, "val_span_loss": val_span})
@@ -790,7 +469,7 @@ def _train(cfg: DeviceConfig, pack: Pack, model: torch.nn.Module, model_cfg: Mod
         final_dir = commit_checkpoint(stage, out, model, pack.tokenizer, meta(finished), rows, shard_bytes)
         took = time.perf_counter() - t
         reserve = max(reserve, 1.5 * took + 2.0)
-        _say(f"checkpoint at step {step}: validation loss {val_loss:.4f} (span {val_span:.4f}), "
+        say(f"checkpoint at step {step}: validation loss {val_loss:.4f} (span {val_span:.4f}), "
              f"{tokens / 1e6:.1f} M tokens, written in {took:.1f} s -> {final_dir}")
 
     lr = 0.0
@@ -811,7 +490,7 @@ def _train(cfg: DeviceConfig, pack: Pack, model: torch.nn.Module, model_cfg: Mod
                 _free(device)
                 B = max(mb_val, (B // 2) // mb_val * mb_val)
                 stream.micro_batch = B
-                _say(f"out of memory: batch {B} from now on")
+                say(f"out of memory: batch {B} from now on")
                 continue
             mask_acc += loss_weight_sum(batch, 1.0)
             step += 1
@@ -825,7 +504,7 @@ def _train(cfg: DeviceConfig, pack: Pack, model: torch.nn.Module, model_cfg: Mod
                 rate = (tokens - row_tokens) / max(now - row_t, 1e-9)
                 rows.append({"step": step, "tokens": tokens, "lr": lr, "train_loss": last_loss,
                              "tokens_per_s": round(rate, 1), "elapsed_s": round(train_s(), 3)})
-                _say(f"step {step}: loss {last_loss:.4f}, lr {lr:.2e}, {tokens / 1e6:.1f} M tokens, "
+                say(f"step {step}: loss {last_loss:.4f}, lr {lr:.2e}, {tokens / 1e6:.1f} M tokens, "
                      f"{rate:,.0f} tokens/s, MFU {rate * flops / peak[0]:.1%}, {train_s():.0f} s")
                 row_t, row_tokens, last_log = now, tokens, now
                 if not math.isfinite(last_loss):
@@ -848,7 +527,7 @@ def _train(cfg: DeviceConfig, pack: Pack, model: torch.nn.Module, model_cfg: Mod
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     rate = tokens / max(train_s(), 1e-9)
-    _say(f"done: {step} steps, {tokens / 1e6:.1f} M tokens in {train_s():.0f} s of training "
+    say(f"done: {step} steps, {tokens / 1e6:.1f} M tokens in {train_s():.0f} s of training "
          f"({time.perf_counter() - t0:.0f} s in all), {rate:,.0f} tokens/s, MFU {rate * flops / peak[0]:.1%}")
     return DeviceResult(size=f"{model_cfg.n_layer}x{model_cfg.n_embd}", params=params, steps=step, tokens=tokens,
                         train_s=train_s(), tokens_per_s=rate, mfu=rate * flops / peak[0], val_loss=val_loss,

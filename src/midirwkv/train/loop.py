@@ -24,37 +24,39 @@ the written track).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from midirwkv.config import ModelConfig, TrainConfig
 from midirwkv.errors import BadRequestError, CheckpointError, DataError
-from midirwkv.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
-
-CSV_FIELDS = ("step", "tokens", "lr", "train_loss", "val_loss", "val_span_loss", "tokens_per_s", "elapsed_s",
-              "cpu_s")
-"""Columns of ``train_log.csv`` (empty cells where a value was not computed at that step). ``elapsed_s`` is wall
-time and ``cpu_s`` the CPU time of this process over all its threads, both summed over resumed sessions."""
-LOG_NAME = "train_log.csv"
-CKPT_DIR = "checkpoints"
-FINAL_DIR = "final"
-STATE_FILE = "trainer.pt"
-
+from midirwkv.train.batches import (
+    TrainStream,
+    loss_sums,
+    loss_weight_sum,
+    masked_losses,
+    mean_losses,
+    to_device,
+    training_loss,
+    validation_batches,
+)
+from midirwkv.train.distributed import all_reduce_sum, barrier, setup_distributed
+from midirwkv.train.runlog import (
+    FINAL_DIR,
+    LOG_NAME,
+    CsvLog,
+    latest_checkpoint,
+    load_resumable,
+    save_resumable,
+)
 
 # --------------------------------------------------------------------------------------------------------
 # Results
@@ -153,7 +155,7 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def _unused_parameters(model: torch.nn.Module, device: torch.device) -> list[str]:
+def unused_parameters(model: torch.nn.Module, device: torch.device) -> list[str]:
     """Names of trainable parameters that get no gradient (layer 0's value-residual weights, ...).
 
     DDP refuses parameters without gradients, and AdamW skips them anyway; they are frozen so the optimizer
@@ -172,290 +174,8 @@ def _unused_parameters(model: torch.nn.Module, device: torch.device) -> list[str
 # Batches
 
 
-class TrainBatch(NamedTuple):
-    """A padded batch with the span mask: all ``(B, T)`` except ``n_tokens`` (predicted positions, no padding)."""
-
-    input_ids: Tensor
-    targets: Tensor
-    loss_mask: Tensor
-    span_mask: Tensor
-    n_tokens: int
-
-
-class SpanCollator:
-    """``collate_fn``: the data layer's :func:`collate` plus the infilled-part mask of each target token."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = int(pad_id)
-
-    def __call__(self, samples: Sequence[Any]) -> TrainBatch:
-        from midirwkv.data.dataset import collate
-        batch = collate(samples, self.pad_id)
-        span = torch.zeros_like(batch.loss_mask)
-        n_tokens = 0
-        for row, s in enumerate(samples):
-            target = np.asarray(s.target_mask, dtype=np.float32)
-            span[row, :len(target) - 1] = torch.from_numpy(target[1:])
-            n_tokens += len(target) - 1
-        return TrainBatch(batch.input_ids, batch.targets, batch.loss_mask, span, n_tokens)
-
-
-def masked_losses(logits: Tensor, batch: TrainBatch) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy over ``loss_mask`` and over ``loss_mask * span_mask`` (float32 scalars)."""
-    V = logits.shape[-1]
-    ce = F.cross_entropy(logits.float().reshape(-1, V), batch.targets.reshape(-1), reduction="none")
-    ce = ce.view(batch.loss_mask.shape)
-    weighted = ce * batch.loss_mask
-    return weighted.sum(), (weighted * batch.span_mask).sum()
-
-
-def loss_weight_sum(batch: TrainBatch, span_weight: float) -> float:
-    """Total training weight of ``batch``'s predicted tokens: 1 per context token, ``span_weight`` per span token."""
-    return float(batch.loss_mask.sum()) + (span_weight - 1.0) * float((batch.loss_mask * batch.span_mask).sum())
-
-
-def training_loss(loss: Tensor, span: Tensor, span_weight: float) -> Tensor:
-    """The summed training objective from :func:`masked_losses`: span tokens weighted ``span_weight``."""
-    return loss if span_weight == 1.0 else loss + (span_weight - 1.0) * span
-
-
-def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
-    return TrainBatch(batch.input_ids.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True),
-                      batch.loss_mask.to(device, non_blocking=True), batch.span_mask.to(device, non_blocking=True),
-                      batch.n_tokens)
-
-
-class _TrainStream:
-    """Micro-batches of this process, epoch after epoch, with an exact position at every batch boundary.
-
-    The dataset deals blocks of ``micro_batch`` positions to ``world_size x workers`` slots, so every process
-    draws whole rounds of ``world_size x workers`` blocks: each epoch's tail shorter than one round is skipped
-    (by every process alike, so no process waits on another). The position is (epoch, start of the current
-    round, batches of that round already drawn by this process).
-    """
-
-    def __init__(self, cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo, epoch: int, index: int,
-                 skip: int) -> None:
-        self.cache, self.vocab, self.cfg, self.info = cache, vocab, cfg, info
-        self.slots = max(1, cfg.workers)
-        self.round = info.world_size * self.slots * cfg.micro_batch
-        if len(cache) < self.round:
-            raise DataError("the training split is smaller than one round of micro-batches", argument="data_dir",
-                            value=f"{len(cache)} files < {self.round} = world_size x max(1, workers) x micro_batch",
-                            fix="prepare more files, or lower micro_batch / workers / the number of processes")
-        self.epoch, self.start = epoch, index
-        self._open()
-        for _ in range(skip):
-            self.next()
-
-    def _open(self) -> None:
-        from torch.utils.data import DataLoader
-
-        from midirwkv.data.dataset import SampleDataset
-        cfg = self.cfg
-        ds = SampleDataset(self.cache, self.vocab, seed=cfg.seed, epoch=self.epoch, start_index=self.start,
-                           rank=self.info.rank, world_size=self.info.world_size, block=cfg.micro_batch,
-                           ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=cfg.augment,
-                           layout=cfg.prompt_layout)
-        self.left = ((len(self.cache) - self.start) // self.round) * self.slots
-        self.drawn = 0
-        loader = DataLoader(ds, batch_size=cfg.micro_batch, collate_fn=SpanCollator(self.vocab.pad),
-                            num_workers=cfg.workers, pin_memory=self.info.device.type == "cuda")
-        self._it = iter(loader)
-
-    def next(self) -> TrainBatch:
-        if self.left == 0:
-            self.epoch, self.start = self.epoch + 1, 0
-            self._open()
-        batch = next(self._it)
-        self.left -= 1
-        self.drawn += 1
-        return batch
-
-    def position(self) -> dict:
-        """Where the next batch comes from: ``{"epoch", "index", "skip", "workers"}``."""
-        whole = self.drawn // self.slots
-        return {"epoch": self.epoch, "index": self.start + whole * self.round, "skip": self.drawn % self.slots,
-                "workers": self.slots}
-
-
-def loss_sums(model: torch.nn.Module, batches: Sequence[TrainBatch],
-              to: Callable[[TrainBatch], TrainBatch] | None = None,
-              autocast: Callable[[], Any] = contextlib.nullcontext) -> list[float]:
-    """[loss sum, predicted tokens, span loss sum, span tokens] of ``model`` over ``batches`` (no gradients);
-    ``to`` moves a batch to the model's device. :func:`mean_losses` turns them into nats per token."""
-    sums = [0.0, 0.0, 0.0, 0.0]
-    with torch.no_grad():
-        for b in batches:
-            b = to(b) if to is not None else b
-            with autocast():
-                logits = model(b.input_ids)
-            loss, span = masked_losses(logits, b)
-            sums[0] += float(loss)
-            sums[1] += float(b.loss_mask.sum())
-            sums[2] += float(span)
-            sums[3] += float((b.loss_mask * b.span_mask).sum())
-    return sums
-
-
-def mean_losses(sums: Sequence[float]) -> tuple[float, float]:
-    """(loss, span loss) in nats per token from :func:`loss_sums` (summed over processes or not)."""
-    return sums[0] / max(sums[1], 1.0), sums[2] / max(sums[3], 1.0)
-
-
-def validation_loss(model: torch.nn.Module, data_dir: str | Path, vocab: Any, cfg: TrainConfig
-                    ) -> tuple[float, float]:
-    """(loss, span loss) in nats per token of ``model`` on the validation samples ``cfg`` defines
-    (``val_split``, ``val_seed``, ``eval_batches``, ``micro_batch``, ``ctx_len``, ``p_track``): the numbers a run
-    with ``cfg`` would log, for comparing models trained with other settings on the same samples."""
-    from midirwkv.data.dataset import TokenCache
-
-    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
-    batches = _validation_batches(TokenCache(data_dir, cfg.val_split), vocab, cfg, info)
-    was_training = model.training
-    model.eval()
-    sums = loss_sums(model, batches)
-    model.train(was_training)
-    return mean_losses(sums)
-
-
-def _validation_batches(cache: Any, vocab: Any, cfg: TrainConfig, info: DistInfo) -> list[TrainBatch]:
-    """The fixed validation set of this process: ``eval_batches x micro_batch`` samples, no augmentation."""
-    from midirwkv.data.dataset import SampleDataset
-    want = cfg.eval_batches * cfg.micro_batch
-    if len(cache) < info.world_size:
-        raise DataError("the validation split has fewer files than processes", argument="val_split",
-                        value=f"{cfg.val_split}: {len(cache)} files", fix="prepare more files or set eval_every=0")
-    samples: list[Any] = []
-    epoch = 0
-    while len(samples) < want:
-        ds = SampleDataset(cache, vocab, seed=cfg.val_seed, epoch=epoch, rank=info.rank, world_size=info.world_size,
-                           block=1, ctx_len=cfg.ctx_len, p_track=cfg.p_track, augment_data=False,
-                           layout=cfg.prompt_layout)
-        for s in ds:
-            samples.append(s)
-            if len(samples) == want:
-                break
-        epoch += 1
-    collate = SpanCollator(vocab.pad)
-    return [collate(samples[i:i + cfg.micro_batch]) for i in range(0, want, cfg.micro_batch)]
-
-
 # --------------------------------------------------------------------------------------------------------
 # Checkpoints and log
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete resumable checkpoint folder of a run, or None."""
-    root = Path(out_dir) / CKPT_DIR
-    if not root.is_dir():
-        return None
-    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
-    return done[-1] if done else None
-
-
-def _save_resumable(out_dir: Path, state: dict, step: int, keep_last: int) -> Path:
-    """Write ``state`` to ``checkpoints/step-NNNNNNN`` through a temporary folder; prune to ``keep_last``."""
-    root = out_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE_FILE)
-    summary = {k: state[k] for k in ("step", "tokens", "elapsed_s", "cpu_s", "data_position")}
-    (tmp / "trainer.json").write_text(json.dumps(summary, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
-    for old in done[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _load_resumable(path: Path) -> dict:
-    try:
-        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many exception types on damaged files
-        raise CheckpointError(f"cannot read the training checkpoint ({exc})", argument="out_dir", value=str(path),
-                              fix="delete this damaged step folder to resume from the previous one") from exc
-
-
-class _CsvLog:
-    """The run's CSV log; on resume, rows after the resumed step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, resumed_step: int | None) -> None:
-        self.path = path
-        rows: list[dict] = []
-        if resumed_step is not None and path.is_file():
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("step") and int(r["step"]) <= resumed_step]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
-        tmp.replace(path)
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def read_log(csv_path: str | Path) -> list[dict]:
-    """Rows of a ``train_log.csv`` with numbers parsed (empty cells become None)."""
-    out = []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            parsed: dict[str, Any] = {}
-            for k in CSV_FIELDS:
-                v = row.get(k, "")
-                parsed[k] = None if v in ("", None) else (int(v) if k in ("step", "tokens") else float(v))
-            out.append(parsed)
-    return out
-
-
-def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
-    """Plot training and validation loss (overall and span) against tokens from a ``train_log.csv``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_log(csv_path)
-    if not rows:
-        raise DataError("the training log has no rows", argument="csv_path", value=str(csv_path),
-                        fix="plot after at least one logged step")
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("val_span_loss", "validation, span")):
-        pts = [(r["tokens"], r[key]) for r in rows if r[key] is not None]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, label=label, marker="o" if key != "train_loss" else None, markersize=3)
-    ax.set_ylabel("cross-entropy (nats / token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    lr = [(r["tokens"], r["lr"]) for r in rows if r["lr"] is not None]
-    if lr:
-        ax_lr.plot(*zip(*lr), color="gray")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("tokens seen")
-    ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    png = Path(png_path)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -584,7 +304,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     if not cfg.resume and latest_checkpoint(out_dir) is not None:
         raise BadRequestError("out_dir already holds checkpoints of another run", argument="out_dir",
                               value=str(out_dir), fix="use a new out_dir, or resume=True to continue that run")
-    saved = _load_resumable(resume_dir) if resume_dir is not None else None
+    saved = load_resumable(resume_dir) if resume_dir is not None else None
 
     init_model = init_meta = init_cfg = None
     if cfg.init_from and saved is None:
@@ -617,7 +337,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
         load_weights(model, tensors, source=cfg.init_from)
         del init_model, tensors
     model.to(device).train()
-    for name in _unused_parameters(model, device):
+    for name in unused_parameters(model, device):
         model.get_parameter(name).requires_grad_(False)
     groups = param_groups(model, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
@@ -646,13 +366,13 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     forward = ddp if ddp is not None else model
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    stream = _TrainStream(train_cache, vocab, cfg, info, position["epoch"], position["index"], position["skip"])
-    val_batches = _validation_batches(val_cache, vocab, cfg, info) if val_cache is not None else []
+    stream = TrainStream(train_cache, vocab, cfg, info, position["epoch"], position["index"], position["skip"])
+    val_batches = validation_batches(val_cache, vocab, cfg, info) if val_cache is not None else []
 
     log = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        log = _CsvLog(out_dir / LOG_NAME, resumed_from if saved is not None else None)
+        log = CsvLog(out_dir / LOG_NAME, resumed_from if saved is not None else None)
         (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
 
     session_start, cpu_start = time.perf_counter(), time.process_time()
@@ -675,7 +395,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
 
     def validate() -> tuple[float, float]:
         model.eval()
-        sums = loss_sums(model, val_batches, lambda b: _to(b, device), autocast)
+        sums = loss_sums(model, val_batches, lambda b: to_device(b, device), autocast)
         model.train()
         return mean_losses(all_reduce_sum(sums, device))
 
@@ -707,7 +427,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
             scale = info.world_size / max(n_mask, 1.0)   # DDP averages gradients over processes
             loss_sum = torch.zeros((), device=device)
             for i, b in enumerate(batches):
-                b = _to(b, device)
+                b = to_device(b, device)
                 sync = ddp.no_sync() if ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
                 with sync:
                     with autocast():
@@ -742,7 +462,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                            "cpu_s": round(cpu_used(), 3)})
                 row_tokens, row_time = tokens, now
             if info.is_main and (end or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
-                last_ckpt = _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
+                last_ckpt = save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{session_tokens / max(now - session_start, 1e-9):.0f}")
             if callback is not None:
@@ -751,7 +471,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
                                   val_span_loss=val_span if evaluated else None))
     except KeyboardInterrupt:
         if info.is_main and step > resumed_from:
-            _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
+            save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
         raise
     finally:
         bar.close()
@@ -761,7 +481,7 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     model.eval()
     if info.is_main:
         if last_ckpt is None or int(last_ckpt.name.split("-")[1]) != step:
-            last_ckpt = _save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
+            last_ckpt = save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
         meta = {"kind": "pretrain", "steps": step, "tokens_seen": tokens, "elapsed_s": round(elapsed(), 3),
                 "cpu_s": round(cpu_used(), 3), "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
                 "last_train_loss": last_loss, "train_config": cfg.to_dict(),

@@ -14,7 +14,7 @@ reused, so an interrupted pack resumes. The folder (:mod:`midirwkv.train.device`
     pack.json          settings, counts, the share of the train split, the cache's manifest, given_ids
     tokenizer.json     the tokenizer of the ids
     train-0000.npz     training samples (ids, offsets, span_start, key), one part per part_samples samples
-    valid.safetensors  the CPU runs' fixed validation batches (``train.loop._validation_batches``) as tensors
+    valid.safetensors  the CPU runs' fixed validation batches (``train.batches.validation_batches``) as tensors
     start/             optional (``start``): a checkpoint the device run may start from; the bundled model
                        travels with the working tree and needs no copy
 """
@@ -38,7 +38,7 @@ import torch
 from midirwkv.config import TrainConfig
 from midirwkv.errors import BadRequestError, DataError
 from midirwkv.files import atomic_path, save_safetensors
-from midirwkv.train.device import (
+from midirwkv.train.device_pack import (
     BUNDLED_MODEL,
     MIB,
     PACK_FORMAT,
@@ -200,8 +200,9 @@ def pack_device(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | No
     """
     from midirwkv.data.dataset import TokenCache
     from midirwkv.music.vocab import Vocab
+    from midirwkv.train.batches import validation_batches
     from midirwkv.train.distributed import DistInfo
-    from midirwkv.train.loop import _check_vocab, _data_manifest, _validation_batches
+    from midirwkv.train.loop import _check_vocab, _data_manifest
 
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out_dir)
@@ -234,7 +235,7 @@ def pack_device(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | No
     # fixed parts first: the tokenizer, the validation batches, the start checkpoint
     shutil.copyfile(tok, out / PACK_TOKENIZER)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
-    valid = _validation_batches(TokenCache(data_dir, cfg.val_split), vocab, cfg, info)
+    valid = validation_batches(TokenCache(data_dir, cfg.val_split), vocab, cfg, info)
     tensors, vmeta = valid_tensors(valid)
     save_safetensors(tensors, out / PACK_VALID, metadata=vmeta)
     used = (out / PACK_TOKENIZER).stat().st_size + (out / PACK_VALID).stat().st_size + _META_ROOM

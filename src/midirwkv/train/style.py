@@ -262,14 +262,14 @@ def _lr(cfg: StyleConfig, step: int, total: int) -> float:
 # ----------------------------------------------------------------------------------------------- loop
 
 def _batches(samples: list, micro_batch: int, pad: int) -> list:
-    from midirwkv.train.loop import SpanCollator
+    from midirwkv.train.batches import SpanCollator
 
     collate = SpanCollator(pad)
     return [collate(samples[i:i + micro_batch]) for i in range(0, len(samples), micro_batch)]
 
 
 def _validation(model, batches: list) -> tuple[float, float]:
-    from midirwkv.train.loop import loss_sums, mean_losses
+    from midirwkv.train.batches import loss_sums, mean_losses
 
     return mean_losses(loss_sums(model, batches))
 
@@ -280,7 +280,7 @@ def _fit(model, vocab, params: list[torch.nn.Parameter], train: list[Song], vali
     from tqdm import tqdm
 
     from midirwkv.music.examples import build_sample
-    from midirwkv.train.loop import masked_losses
+    from midirwkv.train.batches import masked_losses
 
     layout = getattr(model, "prompt_layout", "file_order")
 
