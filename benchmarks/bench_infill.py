@@ -9,6 +9,12 @@ Prints, for the default model (or --model) and for the paper-size architecture w
 each further variation sampled from the session's cached prompt state. Targets: < 2 s and < 1 s.
 Random weights give garbage music, but the token counts follow the grammar guard and the real prompt,
 so the timings are representative as long as the bars hold a similar number of notes.
+
+``--release`` adds the paper's released model as our engine runs it: the same architecture with random weights,
+read through a MidiTok 3.0.5 tokenizer file of the release's kind (its 663 base ids, BPE to 16,000 ids; pass the
+real file with ``--release-tokenizer``, else one is built once from ``--release-corpus`` bars and kept in the
+conversion cache), prompted in its layout (target track in place) with its bar starts folded
+(``infer.import_paper``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 import torch
 
 from midirwkv.config import ModelConfig, SampleConfig
+from midirwkv.errors import MidiRwkvError
 from midirwkv.infer import api
 from midirwkv.infer.session import InfillSession
 
@@ -87,6 +94,63 @@ def measure(label: str, engine: api.Engine, path: Path, track: int, bars: str, c
     return {"end_to_end": e2e, "variation": var, "batch4": batch4}
 
 
+def release_tokenizer(path: Path | None, corpus: Path | None, size: int = 16000, songs: int = 400) -> Path:
+    """A tokenizer file of the release's kind: ``path`` itself, or one with ``size`` ids built once from the bars
+    of the first ``songs`` MIDI files under ``corpus`` (kept beside the conversion cache for later runs)."""
+    from midirwkv.infer.import_paper import cache_dir
+    from midirwkv.music import remi
+    from midirwkv.music.paper_vocab import build_paper_tokenizer, paper_words
+    from midirwkv.music.vocab import Vocab
+
+    if path is not None:
+        return path
+    out = cache_dir().parent / f"bench_release_tokenizer_{size}.json"
+    if out.is_file():
+        return out
+    if corpus is None or not corpus.is_dir():
+        raise SystemExit("--release needs --release-tokenizer FILE or --release-corpus DIR (MIDI files)")
+    ours = Vocab.load()
+    words: list[list[str]] = []
+    t0 = time.perf_counter()
+    for f in sorted(corpus.rglob("*.mid"))[:songs]:
+        try:
+            st = remi.encode_score(remi.load_score(f), ours)
+        except MidiRwkvError:
+            continue
+        words += [[ours.name(i) for i in w] for w in paper_words(ours, st)]
+    build_paper_tokenizer(out, words, size)
+    print(f"built {out.name} from {len(words)} bars in {time.perf_counter() - t0:.0f}s")
+    return out
+
+
+def fold_overhead(vocab, steps: int = 200, repeats: int = 5) -> tuple[float, float]:
+    """Median ms per decode step of the paper-size model, plain and with the release's bar starts folded
+    (``infer.import_paper.fold_bar_starts``), measured interleaved on the same weights."""
+    from midirwkv.infer.import_paper import fold_bar_starts
+    from midirwkv.model.rwkv7 import RWKV7
+
+    torch.manual_seed(0)
+    plain = RWKV7(ModelConfig(vocab_size=vocab.size)).eval()
+    torch.manual_seed(0)
+    folded = fold_bar_starts(RWKV7(ModelConfig(vocab_size=vocab.size)).eval(), vocab)
+    idx = torch.tensor([vocab.id("Position_0")])
+
+    def per_step(model) -> float:
+        state = model.init_state(1)
+        with torch.inference_mode():
+            model.step(idx, state)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                _, state = model.step(idx, state)
+        return (time.perf_counter() - t0) / steps * 1e3
+
+    times: dict[str, list[float]] = {"plain": [], "folded": []}
+    for _ in range(repeats):
+        times["plain"].append(per_step(plain))
+        times["folded"].append(per_step(folded))
+    return statistics.median(times["plain"]), statistics.median(times["folded"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint folder (default: the shipped default model, if installed)")
@@ -99,6 +163,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-paper", action="store_true", help="skip the paper-size random-weight model")
     parser.add_argument("--int8", action="store_true", help="also measure the paper-size model with int8 weights")
+    parser.add_argument("--release", action="store_true", help="also measure the release's tokenizer and layout")
+    parser.add_argument("--release-tokenizer", type=Path, help="the release's tokenizer_with_acs.json (default: a "
+                                                               "look-alike built once from --release-corpus)")
+    parser.add_argument("--release-corpus", type=Path, default=ROOT / "cache" / "corpora" / "pop909",
+                        help="MIDI files to learn the look-alike's BPE from (default cache/corpora/pop909)")
     args = parser.parse_args()
     threads = api.set_threads(args.threads)
     path = args.file or default_file(Path(tempfile.mkdtemp(prefix="bench_infill_")))
@@ -132,6 +201,26 @@ def main() -> None:
             model.set_decode(int8=True)
             measure("paper-size architecture, random weights, int8 decode", paper, path, args.track, args.bars,
                     args.context, args.repeats, sample)
+
+    if args.release:
+        from midirwkv.infer.import_paper import RELEASE_LAYOUT, fold_bar_starts
+        from midirwkv.model.rwkv7 import RWKV7
+        from midirwkv.music.vocab import Vocab
+
+        vocab = Vocab.load(release_tokenizer(args.release_tokenizer, args.release_corpus))
+        torch.manual_seed(0)
+        model = fold_bar_starts(RWKV7(ModelConfig(vocab_size=vocab.size)).eval(), vocab)
+        release = api.Engine(model=model, vocab=vocab, meta={"train_config": {"prompt_layout": RELEASE_LAYOUT}})
+        release.grammar(False), release.grammar(True)
+        n_params = sum(p.numel() for p in model.parameters())
+        label = f"release layout and tokenizer ({vocab.base_size} base, {vocab.size} ids), random weights"
+        measure(f"{label} ({n_params / 1e6:.1f} M parameters)", release, path, args.track, args.bars, args.context,
+                args.repeats, sample)
+        if args.int8:
+            model.set_decode(int8=True)
+            measure(f"{label}, int8 decode", release, path, args.track, args.bars, args.context, args.repeats, sample)
+        plain_ms, folded_ms = fold_overhead(vocab)
+        print(f"  decode step, paper size: {plain_ms:.2f} ms plain, {folded_ms:.2f} ms with bar starts folded")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def outputs() -> dict[str, list[str]]:
     from midirwkv.config import SampleConfig
     from midirwkv.infer import api
 
-    sample = SampleConfig(max_notes_per_bar=6)
+    sample = SampleConfig(max_notes_per_bar=6, candidates=1)      # one fill: the pipeline as it was at 52d7b45
     out: dict[str, list[str]] = {}
     before = os.environ.get("MIDIRWKV_DECODE")
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from midirwkv import cli
+from midirwkv import cli, cli_common
 from midirwkv.errors import BadRequestError
 from midirwkv.infer import api
 
@@ -144,12 +144,12 @@ def test_sampling_flags_default_to_sample_config_and_reach_it():
     parser = cli.build_parser()
     fields = ("temperature", "repetition_penalty", "top_k", "top_p", "min_prob", "keep_key", "keep_register")
     for argv in (["infill", "in.mid"], ["evaluate", "-o", "out"]):
-        assert cli._sample_config(parser.parse_args(argv)) == SampleConfig()
+        assert cli_common.sample_config(parser.parse_args(argv)) == SampleConfig()
     args = parser.parse_args(["infill", "in.mid", "--keep-key", "1.5", "--keep-register", "3", "--top-k=4"])
-    cfg = cli._sample_config(args)
+    cfg = cli_common.sample_config(args)
     assert (cfg.keep_key, cfg.keep_register, cfg.top_k) == (1.5, 3.0, 4)
     args = parser.parse_args(["evaluate", "-o", "out", "--keep-key", "0.5", "--keep-register", "2"])
-    assert (cli._sample_config(args).keep_key, cli._sample_config(args).keep_register) == (0.5, 2.0)
+    assert (cli_common.sample_config(args).keep_key, cli_common.sample_config(args).keep_register) == (0.5, 2.0)
     assert all(hasattr(args, f) for f in fields)
     help_text = parser._subparsers._group_actions[0].choices["infill"].format_help()
     assert "--keep-key" in help_text and "--keep-register" in help_text

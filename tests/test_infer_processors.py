@@ -110,6 +110,12 @@ def test_sample_config_defaults_are_the_validation_grids_winner_and_the_papers_a
     assert grid["split"] == "valid"
     chosen = SampleConfig(**grid["grid"][grid["winner"]])
     assert chosen == cfg
+    # and the fills per variation are the pick of the committed candidates run (benchmarks/candidates_grid.py)
+    import re
+
+    report = (Path(__file__).parents[1] / "reports" / "sampling" / "candidates" / "README.md").read_text()
+    assert cfg.candidates == int(re.search(r"-> \*\*k = (\d+)\*\*", report).group(1)) == 4
+    assert paper.candidates == 1
 
 
 @pytest.mark.parametrize("field", ["keep_key", "keep_register"])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from midirwkv import __version__
+from midirwkv.cli_common import Progress, add_sample_flags, sample_config
 from midirwkv.config import PROMPT_LAYOUTS, SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.infer.api import parse_bar_ranges, parse_durations, parse_int_range
@@ -69,7 +70,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and runtime")
-    g.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
+    g.add_argument("--model", metavar="DIR|PTH", help="checkpoint folder (default: the model shipped in the "
+                   "package), or an RWKV-LM .pth with --tokenizer (the paper's released model)")
+    g.add_argument("--tokenizer", metavar="JSON", help="with a .pth --model: the MidiTok tokenizer file it was "
+                   "trained with (converted once into a cached checkpoint folder)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
     g.add_argument("--int8", action="store_true",
                    help="decode with int8 weights: faster where memory bandwidth limits, logits within ~1 %%")
@@ -79,33 +83,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "for a blend, e.g. --style a.safetensors:0.7 --style b.safetensors:0.3")
 
 
-def _add_sample_flags(g, pitch_prior: bool = False) -> None:
-    """Sampling flags of ``infill``, ``add-track`` and ``evaluate``; the defaults are ``SampleConfig``'s."""
-    d = SampleConfig()
-    g.add_argument("--temperature", type=float, default=d.temperature, help=f"default {d.temperature:g}")
-    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
-                   help=f"default {d.repetition_penalty:g}")
-    g.add_argument("--top-k", type=int, default=d.top_k, help=f"default {d.top_k} (0 = off)")
-    g.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p:g} (1 = off)")
-    g.add_argument("--min-prob", type=float, default=d.min_prob,
-                   help=f"probability floor, default {d.min_prob:g} (0 = off)")
-    g.add_argument("--repetition-spare", action=argparse.BooleanOptionalAction, default=d.repetition_spare,
-                   help="spare positions, pitches and durations from the repetition penalty (loops repeat them)"
-                        f" (default {'on' if d.repetition_spare else 'off'})")
-    if pitch_prior:
-        g.add_argument("--keep-key", type=float, default=d.keep_key, metavar="S",
-                       help="pull the filled notes toward the pitch classes (key) of the track's own "
-                            f"context bars with strength S (default {d.keep_key:g}; 0 = off)")
-        g.add_argument("--keep-register", type=float, default=d.keep_register, metavar="S",
-                       help="pull the filled notes toward the pitch range (register) of the track's own "
-                            f"context bars with strength S (default {d.keep_register:g}; 0 = off)")
-
-
 def _add_sampling_options(p: argparse.ArgumentParser, pitch_prior: bool = False) -> None:
     g = p.add_argument_group("sampling (defaults chosen on validation prompts; see reports/sampling)")
     g.add_argument("--variations", type=int, default=1, metavar="K", help="how many results (sampled as one batch)")
     g.add_argument("--seed", type=int, metavar="S", help="random seed; variation i uses S+i (default: random)")
-    _add_sample_flags(g, pitch_prior)
+    add_sample_flags(g, pitch_prior)
     g.add_argument("--control-retries", type=int, default=SampleConfig().control_retries, metavar="N",
                    help="re-sample each bar that misses its controls up to N times (default 0)")
 
@@ -179,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--data-dir", default="midirwkv-data", metavar="DIR",
                    help="folder for uploads and results (default ./midirwkv-data)")
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
+    p.add_argument("--model", metavar="DIR|PTH", help="checkpoint folder (default: the model shipped in the "
+                   "package), or an RWKV-LM .pth with --tokenizer (the paper's released model)")
+    p.add_argument("--tokenizer", metavar="JSON", help="with a .pth --model: the MidiTok tokenizer file it was "
+                   "trained with")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
     p.add_argument("--int8", action="store_true",
                    help="decode with int8 weights: faster where memory bandwidth limits, logits within ~1 %%")
@@ -278,23 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     from midirwkv import cli_eval, cli_style  # their subcommands live beside their layers' CLIs
     cli_style.register(sub)
     cli_eval.register(sub)
+    from midirwkv import cli_daw
+    cli_daw.register(sub)
     return parser
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-class _Progress:
-    """Timed progress lines on stderr (silent with --quiet)."""
-
-    def __init__(self, quiet: bool, clock: str = "6.2f"):
-        self.quiet = quiet
-        self.clock = clock
-        self.t0 = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            sys.stderr.write(f"[{time.perf_counter() - self.t0:{self.clock}}s] {message}\n")
-            sys.stderr.flush()
 
 
 def _input_path(text: str) -> Path:
@@ -305,16 +279,6 @@ def _input_path(text: str) -> Path:
     if not path.is_file():
         raise BadRequestError("input file not found", argument="IN.mid", value=text, fix="check the path")
     return path
-
-
-SAMPLE_FLAGS = ("temperature", "repetition_penalty", "top_k", "top_p", "min_prob", "control_retries",
-                "keep_key", "keep_register", "repetition_spare")
-"""``SampleConfig`` fields a command may take as flags (``--top-k`` ...); the rest keep their defaults."""
-
-
-def _sample_config(args: argparse.Namespace) -> SampleConfig:
-    """``SampleConfig`` from the sampling flags the command has (BadRequestError naming a bad one)."""
-    return SampleConfig(**{name: getattr(args, name) for name in SAMPLE_FLAGS if hasattr(args, name)})
 
 
 def _spans(args: argparse.Namespace) -> list[tuple[int, str]]:
@@ -366,7 +330,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
     """``midirwkv infill``: fill spans, write one file per variation."""
     from midirwkv.infer import api
 
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     source = _input_path(args.input)
     spans = _spans(args)
     _check_controls(args)
@@ -374,8 +338,9 @@ def cmd_infill(args: argparse.Namespace) -> int:
         else f"infill_bars{spans[0][1].replace(',', '+')}"
     outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
     api.check_seed(args.seed, "--seed")
-    sample = _sample_config(args)
-    engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8)
+    sample = sample_config(args)
+    engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8,
+                             tokenizer=args.tokenizer)
     _, report = api.infill(
         source, spans=[api.Span(track=t, bars=b) for t, b in spans], density=args.density,
         polyphony=args.polyphony, durations=args.durations, free_controls=args.free_controls,
@@ -394,7 +359,7 @@ def cmd_add_track(args: argparse.Namespace) -> int:
     """``midirwkv add-track``: write a new (or regenerated) whole track, one file per variation."""
     from midirwkv.infer import api
 
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     source = _input_path(args.input)
     if args.variations < 1:
         raise BadRequestError("--variations must be 1 or more", argument="--variations", value=args.variations,
@@ -413,8 +378,9 @@ def cmd_add_track(args: argparse.Namespace) -> int:
         tag = "add_drums" if is_drum else f"add_program{program}"
     outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
     api.check_seed(args.seed, "--seed")
-    sample = _sample_config(args)
-    engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8)
+    sample = sample_config(args)
+    engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8,
+                             tokenizer=args.tokenizer)
     _, report = api.add_track(
         source, program, regenerate=args.regenerate, name=args.name, density=args.density,
         polyphony=args.polyphony, durations=args.durations, repetition=args.repetition,
@@ -445,7 +411,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"midirwkv serve: warning: listening on {args.host}: other machines can reach the "
                          "server (it has no login)\n")
-    serve(args.host, args.port, data_dir, args.model, threads=args.threads, int8=args.int8)
+    from midirwkv.infer.import_paper import resolve_model
+
+    model = resolve_model(args.model, args.tokenizer, progress=lambda m: sys.stderr.write(m + "\n"))
+    serve(args.host, args.port, data_dir, model, threads=args.threads, int8=args.int8)
     return 0
 
 
@@ -551,10 +520,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     source = _input_path(args.input)
     info = music_inspect.describe(source)
-    if args.json:
-        print(json.dumps(info if isinstance(info, (dict, list)) else info.to_dict(), indent=2))
-    else:
-        print(info if isinstance(info, str) else music_inspect.format_description(info))
+    print(json.dumps(info.to_dict(), indent=2) if args.json else music_inspect.format_description(info))
     return 0
 
 

@@ -24,7 +24,7 @@ MIDI per system, cut to the context window), report.json, report.md, plots/.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the ``midirwkv`` parser."""
-    from midirwkv.cli import _add_sample_flags
+    from midirwkv.cli_common import add_sample_flags
 
     p = sub.add_parser("evaluate", help="score infills against baselines on seeded held-out prompts",
                        epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,10 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("systems")
     g.add_argument("--systems", default="copy,random-other,rwkv,rwkv-free,gpt2",
                    help="comma list of copy, random-other, rwkv, rwkv-free, gpt2 (default: all five)")
-    g.add_argument("--model", metavar="DIR", help="our checkpoint folder (default: the shipped model)")
+    g.add_argument("--model", metavar="DIR|PTH", help="our checkpoint folder (default: the shipped model), or an "
+                   "RWKV-LM .pth with --tokenizer (the paper's released model)")
+    g.add_argument("--tokenizer", metavar="JSON", help="with a .pth --model: the MidiTok tokenizer file it was "
+                   "trained with")
     g.add_argument("--baseline-model", metavar="DIR", help="GPT-2 baseline folder (`midirwkv train --arch gpt2`)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: physical cores)")
-    _add_sample_flags(g, pitch_prior=True)
+    add_sample_flags(g, pitch_prior=True)
     g = p.add_argument_group("output")
     g.add_argument("--no-midi", action="store_true", help="do not save the MIDI of each generation")
     g.add_argument("--piano-rolls", type=int, default=4, metavar="K", help="before/after piano rolls (default 4)")
@@ -77,13 +80,13 @@ def _splits(text: str) -> tuple[float, float, float]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``midirwkv evaluate``: run (or resume) the protocol, then write the report."""
-    from midirwkv.cli import _Progress, _sample_config
+    from midirwkv.cli_common import Progress, sample_config
     from midirwkv.errors import BadRequestError
     from midirwkv.eval import report as report_mod
     from midirwkv.eval.baselines import parse_systems
     from midirwkv.eval.protocol import EvalConfig, evaluate, rescore
 
-    say = _Progress(args.quiet, "7.1f")     # evaluations run for minutes: tenths of seconds
+    say = Progress(args.quiet, "7.1f")     # evaluations run for minutes: tenths of seconds
     if args.report_only or args.rescore:
         if args.rescore:
             rescore(args.output, data=args.data, progress=say)
@@ -92,9 +95,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.data:
             raise BadRequestError("--data is needed to evaluate", argument="--data", value=None,
                                   fix="pass a token cache folder or MIDI folders / .tar.gz archives")
-        sample = _sample_config(args)
+        sample = sample_config(args)
+        from midirwkv.infer.import_paper import resolve_model
+
+        model = resolve_model(args.model, args.tokenizer, progress=say)     # a .pth: converted once (cached)
         cfg = EvalConfig(data=list(args.data), output=args.output, split=args.split,
-                         systems=parse_systems(args.systems), model=args.model, baseline_model=args.baseline_model,
+                         systems=parse_systems(args.systems), model=model, baseline_model=args.baseline_model,
                          prompts=args.prompts, bars=args.bars, context=args.context, seed=args.seed,
                          drums=args.drums, splits=_splits(args.splits), split_seed=args.split_seed,
                          min_bars=args.min_bars, min_notes=args.min_notes, sample=sample, save_midi=not args.no_midi,

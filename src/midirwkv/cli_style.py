@@ -24,7 +24,10 @@ def _add_common(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="folder of MIDI songs of the style, or a token cache")
     p.add_argument("--out", default=out_default, metavar="FILE.safetensors",
                    help=f"file to write (default {out_default})")
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the model shipped in the package)")
+    p.add_argument("--model", metavar="DIR|PTH", help="checkpoint folder (default: the model shipped in the "
+                   "package), or an RWKV-LM .pth with --tokenizer (the paper's released model)")
+    p.add_argument("--tokenizer", metavar="JSON", help="with a .pth --model: the MidiTok tokenizer file it was "
+                   "trained with")
     p.add_argument("--meter", default="", metavar="N/D", help="read every song in this meter (POP909: 4/4)")
     p.add_argument("--max-songs", type=int, default=0, metavar="N", help="use at most N songs (default all)")
     p.add_argument("--epochs", type=int, default=16, help="passes over the training songs (default 16, the paper's)")
@@ -107,13 +110,21 @@ def _print_result(result) -> None:
     print(json.dumps(result.summary()))
 
 
+def _model(args: argparse.Namespace) -> str | None:
+    """``--model`` as a checkpoint folder: an RWKV-LM .pth with ``--tokenizer`` is converted once (cached)."""
+    from midirwkv.infer.import_paper import resolve_model
+
+    model = resolve_model(args.model, args.tokenizer, progress=lambda m: sys.stderr.write(m + "\n"))
+    return None if model is None else str(model)
+
+
 def cmd_tune_state(args: argparse.Namespace) -> int:
     """``midirwkv tune-state``: learn a style file."""
     from midirwkv.infer.style import export_state
     from midirwkv.train.style import tune_state
 
     cfg = _config(args, "state")
-    result = tune_state(args.data, args.out, model=args.model, cfg=cfg)
+    result = tune_state(args.data, args.out, model=_model(args), cfg=cfg)
     _print_result(result)
     sys.stderr.write(f"wrote {result.out_path}\n")
     if args.export:
@@ -126,7 +137,7 @@ def cmd_tune_lora(args: argparse.Namespace) -> int:
     from midirwkv.train.style import tune_lora
 
     cfg = _config(args, "lora")
-    result = tune_lora(args.data, args.out, model=args.model, cfg=cfg, merged_out=args.merged_out)
+    result = tune_lora(args.data, args.out, model=_model(args), cfg=cfg, merged_out=args.merged_out)
     _print_result(result)
     sys.stderr.write(f"wrote {result.out_path}" + (f" and {result.merged_dir}" if result.merged_dir else "") + "\n")
     return 0

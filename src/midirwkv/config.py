@@ -100,6 +100,10 @@ class ModelConfig:
         return _from_dict(cls, data)
 
 
+MAX_CANDIDATES = 32
+"""Most fills sampled per variation for ranking (``SampleConfig.candidates``)."""
+
+
 @dataclass(frozen=True)
 class SampleConfig:
     """Sampling settings of the infilling loop.
@@ -108,8 +112,9 @@ class SampleConfig:
     web page (through ``GET /api/defaults``) read them from here. They were chosen on validation prompts by
     ``benchmarks/sampling_grid.py`` (``reports/sampling/``, its rule printed there): temperature 0.7, top-k 5,
     no top-p, the paper's repetition penalty 1.2 over 64 tokens, and the pitch prior of the target track's
-    context at strength 1 for key and register. :data:`PAPER_SAMPLING` holds the paper's settings
-    (1.0, 1.2, 20, 0.95, 9e-4, no prior).
+    context at strength 1 for key and register; ``candidates`` (4 fills per variation, the most likely kept)
+    by ``benchmarks/candidates_grid.py`` (``reports/sampling/candidates``). :data:`PAPER_SAMPLING` holds the
+    paper's settings (1.0, 1.2, 20, 0.95, 9e-4, no prior, one sample).
     """
 
     temperature: float = 0.7
@@ -139,6 +144,9 @@ class SampleConfig:
     """Bar infilling: pull pitches toward the pitch classes of the target track's context bars (0 = off)."""
     keep_register: float = 1.0
     """Bar infilling: pull pitches toward the pitch range of the target track's context bars (0 = off)."""
+    candidates: int = 4
+    """Bar infilling: sample this many fills per variation (one batch) and keep the one the model itself finds
+    most likely (:mod:`midirwkv.infer.rank`); 1 = keep the only sample. Streams and live loops sample one."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -161,6 +169,8 @@ class SampleConfig:
             ("keep_key", _finite_at_least_zero(self.keep_key), "use 0 for off or a finite strength, e.g. 1"),
             ("keep_register", _finite_at_least_zero(self.keep_register),
              "use 0 for off or a finite strength, e.g. 1"),
+            ("candidates", isinstance(self.candidates, int) and not isinstance(self.candidates, bool)
+             and 1 <= self.candidates <= MAX_CANDIDATES, f"use 1 to {MAX_CANDIDATES} samples per variation"),
         )
         _check_all(self, "sampling", checks)
 
@@ -179,7 +189,7 @@ def _finite_at_least_zero(value: object) -> bool:
 
 
 PAPER_SAMPLING = {"temperature": 1.0, "repetition_penalty": 1.2, "top_k": 20, "top_p": 0.95, "min_prob": 9e-4,
-                  "keep_key": 0.0, "keep_register": 0.0}
+                  "keep_key": 0.0, "keep_register": 0.0, "candidates": 1}
 """The paper's sampling settings as ``SampleConfig`` fields: ``SampleConfig(**PAPER_SAMPLING)``."""
 
 

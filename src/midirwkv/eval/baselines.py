@@ -6,6 +6,7 @@
   floor a model must beat to show it reads the context);
 - ``rwkv``: our model with the original bars' controls (the paper's setting);
 - ``rwkv-free``: our model with every control left free (no control token fed);
+- ``rwkv-single``: ``rwkv`` with one sample per prompt (``candidates`` 1), to show what ranking fills adds;
 - ``gpt2``: the GPT-2 baseline (``midirwkv train --arch gpt2``) on the same prompt layout, through the same
   generation loop (grammar guard, control schedule, sampling chain of ``infer.generate``) with a KV cache in
   place of the RNN state; a prompt longer than its context loses context bars (whole bars, larger side first,
@@ -19,6 +20,7 @@ the same).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ SYSTEMS: dict[str, str] = {
     "random-other": "n other bars of the same track (a seeded block outside the span)",
     "rwkv": "our RWKV-7 model, controls from the original bars",
     "rwkv-free": "our RWKV-7 model, controls left free",
+    "rwkv-single": "our RWKV-7 model, controls from the original bars, one sample (candidates 1)",
     "gpt2": "GPT-2 baseline, same tokens, prompt and sampling, controls from the original bars",
 }
 """Every system name and what it is (the report prints these)."""
@@ -181,12 +184,13 @@ def _free_controls(case) -> list:
 class RwkvSystem:
     """Our model: ``free=False`` feeds the original bars' controls, ``free=True`` none."""
 
-    def __init__(self, engine, *, free: bool, sample: SampleConfig, model_path: str | None):
+    def __init__(self, engine, *, free: bool, sample: SampleConfig, model_path: str | None,
+                 name: str | None = None):
         self.engine = engine
         self.vocab = engine.vocab
         self.free = free
         self.sample = sample
-        self.name = "rwkv-free" if free else "rwkv"
+        self.name = name or ("rwkv-free" if free else "rwkv")
         self.model_path = model_path
 
     def _session(self, case):
@@ -430,6 +434,9 @@ def make_systems(names: Sequence[str], *, model: str | None = None, baseline_mod
             out.append(RandomOtherSystem())
         elif name in ("rwkv", "rwkv-free"):
             out.append(RwkvSystem(engine, free=name == "rwkv-free", sample=sample, model_path=model_path))
+        elif name == "rwkv-single":
+            out.append(RwkvSystem(engine, free=False, sample=dataclasses.replace(sample, candidates=1),
+                                  model_path=model_path, name=name))
         elif name == "gpt2":
             from midirwkv.music.infill import layout_of
 

@@ -3,6 +3,7 @@
 from midirwkv.infer.api import Engine, Report, Span, infill, load_engine
 from midirwkv.infer.generate import GeneratedSpan, Generator, Grammar
 from midirwkv.infer.session import InfillSession, prefill
+from midirwkv.infer.stream import BarEvent, LoopSession, LoopVariation, stream_infill
 
-__all__ = ["Engine", "GeneratedSpan", "Generator", "Grammar", "InfillSession", "Report", "Span",
-           "infill", "load_engine", "prefill"]
+__all__ = ["BarEvent", "Engine", "GeneratedSpan", "Generator", "Grammar", "InfillSession", "LoopSession",
+           "LoopVariation", "Report", "Span", "infill", "load_engine", "prefill", "stream_infill"]

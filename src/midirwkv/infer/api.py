@@ -99,15 +99,20 @@ _ENGINES: dict[str, Engine] = {}
 
 
 def load_engine(model: str | Path | Engine | None = None, *, threads: int | None = None,
-                progress: Progress | None = None, int8: bool = False) -> Engine:
+                progress: Progress | None = None, int8: bool = False, tokenizer: str | Path | None = None) -> Engine:
     """Load a checkpoint folder once per process (``None``: the shipped default model) and set the threads.
 
     ``int8`` decodes with int8 weights (``RWKV7.set_decode``): a quarter of the weight bytes per token,
     for machines where memory bandwidth is the limit; logits move by about 1 % (README, performance).
+    ``model`` may also be an RWKV-LM ``.pth`` with ``tokenizer`` the MidiTok file it was trained with (the paper's
+    release): converted once into a cached checkpoint folder (``infer.import_paper.resolve_model``).
     """
     set_threads(threads)
     if isinstance(model, Engine):
         return model
+    from midirwkv.infer.import_paper import resolve_model
+
+    model = resolve_model(model, tokenizer, progress=progress)
     path = Path(model) if model is not None else DEFAULT_MODEL_DIR
     if not path.is_dir():
         if model is None:
@@ -122,7 +127,9 @@ def load_engine(model: str | Path | Engine | None = None, *, threads: int | None
                               fix="pass int8=True to decode with int8 weights")
     key = f"{path.resolve()}{'#int8' if int8 else ''}"
     if key not in _ENGINES:
+        from midirwkv.infer.import_paper import fold_bar_starts
         from midirwkv.model.checkpoint import load_checkpoint
+        from midirwkv.music.paper_vocab import PaperVocab
         from midirwkv.music.vocab import Vocab
 
         start = time.perf_counter()
@@ -130,6 +137,8 @@ def load_engine(model: str | Path | Engine | None = None, *, threads: int | None
         if int8:
             net.set_decode(int8=True)
         vocab = Vocab.load(tokenizer_path)
+        if isinstance(vocab, PaperVocab):           # the release's tokenizer: bar starts as one decision
+            fold_bar_starts(net, vocab)             # (refuses a model of another vocabulary size)
         _ENGINES[key] = Engine(model=net, vocab=vocab, meta=dict(meta or {}), path=path)
         (progress or _quiet)(f"loaded model {path} in {time.perf_counter() - start:.2f}s")
     return _ENGINES[key]
@@ -549,7 +558,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
            free_controls: bool = False, context: int = 16, max_prompt_tokens: int | None = None,
            variations: int = 1, seed: int | None = None, sample: SampleConfig | None = None,
            engine: Engine | None = None, model: str | Path | None = None, threads: int | None = None,
-           progress: Progress | None = None, style=None):
+           progress: Progress | None = None, style=None, tokenizer: str | Path | None = None):
     """Regenerate bars of one or more tracks; returns ``(score, report)``.
 
     ``source`` is a path, MIDI bytes or a ``symusic.Score`` (never modified). Give ``track`` and ``bars``
@@ -559,7 +568,8 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     original bars, or left free with ``free_controls``. ``variations`` results are sampled as one batch
     from one cached prompt state; variation ``i`` uses seed ``seed + i``. The returned score is the first
     variation's; ``report.scores`` holds all of them and ``report.variations`` the per-bar controls
-    asked and achieved. ``style`` (a style file, or ``[(path, weight), ...]`` for a convex blend of learned
+    asked and achieved. ``model`` / ``tokenizer``: as ``load_engine`` (an RWKV-LM ``.pth`` with its MidiTok
+    tokenizer file works too). ``style`` (a style file, or ``[(path, weight), ...]`` for a convex blend of learned
     states, or one LoRA adapter file; see ``infer.style``) sets the state the prompt is read from.
     """
     from midirwkv.music.infill import InfillRequest, build_prompt, splice
@@ -568,7 +578,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     say = progress or _quiet
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    engine = engine or load_engine(model, threads=threads, progress=say)
+    engine = engine or load_engine(model, threads=threads, progress=say, tokenizer=tokenizer)
     vocab = engine.vocab
     run_model, init_state = resolve_style(engine.model, vocab, style)
     cfg = sample or SampleConfig()
@@ -634,7 +644,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
             say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
                 f"({len(group)} variation{'s' if len(group) > 1 else ''})")
             for i, out in zip(group, outs):
-                new_score = splice(g_score, g_st, req, out.bars)
+                new_score = splice(g_score, g_st, req, out.bars, vocab)
                 # on the original grid: the result may have lost its last notes, never its bars
                 new_st = encode_score(new_score, vocab, grid=(g_st.bar_ticks, g_st.time_sigs))
                 current[i] = (new_score, new_st)
@@ -723,7 +733,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
               free_controls: bool = False, max_prompt_tokens: int | None = None, variations: int = 1,
               seed: int | None = None, sample: SampleConfig | None = None, engine: Engine | None = None,
               model: str | Path | None = None, threads: int | None = None, progress: Progress | None = None,
-              style=None):
+              style=None, tokenizer: str | Path | None = None):
     """Write a whole track over every bar of the file; returns ``(score, report)``.
 
     A new track for General MIDI ``program`` (0..127; -1 = drums), named ``name``, or, with
@@ -743,7 +753,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     say = progress or _quiet
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    engine = engine or load_engine(model, threads=threads, progress=say)
+    engine = engine or load_engine(model, threads=threads, progress=say, tokenizer=tokenizer)
     vocab = engine.vocab
     run_model, init_state = resolve_style(engine.model, vocab, style)
     cfg = sample or SampleConfig()
@@ -903,7 +913,7 @@ def make_checker(vocab, score, st, tt, start: int, asked: list) -> Callable[[int
 
     def check(j: int, bar_ids: list[int]) -> int:
         req = InfillRequest(track=tt.index, start=start + j, end=start + j + 1, controls=[asked[j]])
-        spliced = encode_score(splice(score, st, req, [bar_ids]), vocab, grid=(st.bar_ticks, st.time_sigs))
+        spliced = encode_score(splice(score, st, req, [bar_ids], vocab), vocab, grid=(st.bar_ticks, st.time_sigs))
         measured = next((t for t in spliced.tracks if t.index == tt.index), None)   # None: the bar left it empty
         achieved = measured.controls[start + j] if measured is not None else _empty_bar(tt.is_drum)
         return len(_missed(asked[j], achieved))

@@ -18,6 +18,7 @@ so far was empty.
 
 from __future__ import annotations
 
+from collections import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
@@ -209,6 +210,26 @@ class Generator:
         ``context_pitches`` (the target track's pitches around the span) feed the pitch prior when
         ``cfg.keep_key`` or ``cfg.keep_register`` is above 0 (never on drums).
         """
+        steps = self.iter_run(prefix_state, headers, controls, cfg, seeds, checker, empty_runs=empty_runs,
+                              require_notes=require_notes, context_pitches=context_pitches)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    @torch.inference_mode()
+    def iter_run(self, prefix_state, headers: Sequence[Sequence[int]], controls: Sequence[Sequence[int]],
+                 cfg: SampleConfig, seeds: Sequence[int], checker=None, *, empty_runs: bool = False,
+                 require_notes: bool = False, context_pitches: Sequence[int] = ()
+                 ) -> abc.Generator[tuple[int, int, list[int]], None, list[GeneratedSpan]]:
+        """The loop of :meth:`run` as a generator: yields ``(row, bar index, base ids)`` as each bar is kept.
+
+        A bar is yielded as soon as its closing token (``Bar_None`` / ``FillBar_End``) is sampled and, with
+        a ``checker``, its control re-sampling is over, before the next model step; the generator returns
+        the ``GeneratedSpan`` list that :meth:`run` returns (the same ids for the same seeds: the yields add
+        no model call and no random draw). Arguments as in :meth:`run`.
+        """
         n_bars = len(headers)
         if n_bars == 0 or len(controls) != n_bars:
             raise BadRequestError("need one control list per requested bar", argument="bar_controls",
@@ -225,6 +246,7 @@ class Generator:
         rows = [_Row(queue=[opening[-1]], fed=opening[:-1]) for _ in range(batch)]
         logits: Tensor | None = None
         pad = vocab.pad
+        emitted = [0] * batch                                    # bars of each row yielded so far
         while not all(r.done for r in rows):
             to_sample = [b for b, r in enumerate(rows) if not r.done and not r.queue]
             sampled: dict[int, int] = {}
@@ -251,6 +273,10 @@ class Generator:
                     continue
                 tok = sampled[b]
                 feed[b] = self._advance(b, row, tok, state, cfg, n_bars, headers, controls, checker)
+            for b, row in enumerate(rows):
+                while emitted[b] < len(row.bars):
+                    yield b, emitted[b], row.bars[emitted[b]]
+                    emitted[b] += 1
             if all(r.done for r in rows):
                 break
             logits, state = self.model.step(feed, state)

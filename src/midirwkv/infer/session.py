@@ -12,6 +12,7 @@ track's bars, so more variations, other sampling settings or other track control
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,10 @@ import torch
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.infer.generate import GeneratedSpan, Generator, Grammar
+from midirwkv.infer.rank import best_of
 
+SEED_SPACE = 2**63
+"""Seeds of the random generators stay below this (a variation's fills derive theirs from its seed)."""
 PREFILL_CHUNK = 1024
 """Tokens per parallel prefill call: bounds the activations and logits held at once, whatever the prompt."""
 
@@ -65,6 +69,8 @@ class InfillSession:
 
         Variation ``i`` uses seed ``seed + i`` (a random seed when ``seed`` is None), so a result is
         reproducible from its reported seed. ``controls`` replaces the control ids of every span bar.
+        ``sample.candidates`` > 1 samples that many fills per variation in the same batch and keeps the one the
+        model finds most likely (:func:`midirwkv.infer.rank.best_of`); ``sampled`` then counts them all.
         ``sample.keep_key`` / ``sample.keep_register`` weigh the pitch prior of the prompt's context pitches.
         """
         if not isinstance(variations, int) or variations < 1:
@@ -78,8 +84,20 @@ class InfillSession:
             raise BadRequestError("need one control list per span bar", argument="controls", value=len(bar_controls),
                                   fix=f"give {self.n_bars} control lists")
         seeds = [seed + i for i in range(variations)]
-        return self.generator.run(self.state, self.headers, bar_controls, cfg, seeds, checker,
+        k = cfg.candidates
+        if k == 1:
+            return self.generator.run(self.state, self.headers, bar_controls, cfg, seeds, checker,
+                                      context_pitches=self.context_pitches)
+        # variation i samples its k fills with seeds ((seed + i) * k + j) mod 2**63, so its reported seed redoes it
+        fill_seeds = [(s * k + j) % SEED_SPACE for s in seeds for j in range(k)]
+        outs = self.generator.run(self.state, self.headers, bar_controls, cfg, fill_seeds, checker,
                                   context_pitches=self.context_pitches)
+        kept = []
+        for i, s in enumerate(seeds):
+            group = outs[i * k:(i + 1) * k]
+            best = group[best_of(self.model, self.vocab, self.state, [g.tokens for g in group])]
+            kept.append(dataclasses.replace(best, seed=s, sampled=sum(g.sampled for g in group)))
+        return kept
 
 
 @torch.inference_mode()

@@ -14,7 +14,8 @@ in the recurrent state when the span is written. A checkpoint records the layout
 (``prompt_layout`` in its training config) and inference uses that one.
 
 Other tracks keep their notes inside the span. Each infilled bar's header carries its REAL time
-signature (the authors forced 4/4). Context bars are BPE-encoded one bar at a time, headers unmerged.
+signature (the authors forced 4/4). Context bars are BPE-encoded one bar at a time, headers unmerged (with the
+paper's released tokenizer, ``music.paper_vocab``, each track is encoded as MidiTok 3.0.5 encodes it).
 When the prompt exceeds its token budget the context shrinks by whole bars, the larger side first (so
 it stays symmetric), never the span.
 
@@ -36,15 +37,13 @@ from midirwkv.config import PROMPT_LAYOUTS
 from midirwkv.errors import BadRequestError
 from midirwkv.music.controls import BarControls, BarNotes, TrackControls
 from midirwkv.music.remi import (
-    DRUM_PITCH_RANGE,
-    PITCH_RANGE,
     ScoreTokens,
     TrackTokens,
+    _default_vocab,
     decode_bar_tokens,
     quantise_track,
     tables,
 )
-
 
 LAYOUTS = PROMPT_LAYOUTS
 """Track orders of a bar-infilling prompt (see the module docstring); the first is the one new runs train with."""
@@ -151,6 +150,10 @@ def validate_request(st: ScoreTokens, req: InfillRequest) -> tuple[TrackTokens, 
 
 
 def _program_id(vocab, tt_program: int) -> int:
+    if not _has_program(vocab, tt_program):
+        raise BadRequestError("the model's vocabulary has no token for this program", argument="program",
+                              value=tt_program, fix="pick a track (or a new track's program) the tokenizer lists "
+                                                    "(the paper's release has no Program_127)")
     return vocab.id(f"Program_{tt_program}")
 
 
@@ -192,26 +195,64 @@ def build_prompt(vocab, st: ScoreTokens, req: InfillRequest, layout: str = "file
         raise BadRequestError("the prompt does not fit the token budget even without context",
                               argument="max_prompt_tokens", value=req.max_prompt_tokens,
                               fix=f"raise it to at least {need}, or infill fewer bars at once")
-    ids: list[int] = []
-    order = list(st.tracks)
+    order = [t for t in st.tracks if t.index == tt.index or _has_program(vocab, t.program)]
     if layout == "target_last":
         order = [t for t in order if t.index != tt.index] + [tt]
+    while True:
+        ids = _infill_ids(vocab, order, tt, bpe_bars, lo, hi, start, end)
+        ids += [vocab.fillbar_start] + headers[0] + ctrl_ids[0]
+        # a vocabulary whose BPE merges a track's head into its first bar (the paper's) can differ from the
+        # per-bar estimate by a token or two: shrink further until the real prompt fits
+        if len(ids) <= req.max_prompt_tokens or (lo, hi) == (start, end):
+            break
+        if start - lo >= hi - end:
+            lo += 1
+        else:
+            hi -= 1
+    if len(ids) > req.max_prompt_tokens:
+        raise BadRequestError("the prompt does not fit the token budget even without context",
+                              argument="max_prompt_tokens", value=req.max_prompt_tokens,
+                              fix=f"raise it to at least {len(ids)}, or infill fewer bars at once")
+    return Prompt(ids=ids, bar_headers=headers, bar_controls=ctrl_ids, request=req, window=(lo, hi),
+                  context_pitches=_context_pitches(vocab, tt, [*range(lo, start), *range(end, hi)]))
+
+
+def _merges_track_words(vocab) -> bool:
+    """Whether ``vocab`` BPE-encodes a track as MidiTok 3.0.5 does (``PaperVocab``: head, bars and tail as words)."""
+    return hasattr(vocab, "encode_words")
+
+
+def _has_program(vocab, program: int) -> bool:
+    return vocab.has(f"Program_{program}")
+
+
+def _infill_ids(vocab, order: Sequence[TrackTokens], tt: TrackTokens, bpe_bars: dict[int, list[list[int]]],
+                lo: int, hi: int, start: int, end: int) -> list[int]:
+    """The tracks of a bar-infilling prompt, context bars ``[lo, hi)``, the target's span as ``Infill_Bar``s."""
+    ids: list[int] = []
+    span = [vocab.infill_bar] * (end - start)
     for t in order:
-        ids += [vocab.track_start, _program_id(vocab, t.program)]
+        head = [vocab.track_start, _program_id(vocab, t.program)]
+        if _merges_track_words(vocab):
+            if t.index == tt.index:
+                words = [t.bars[b] for b in range(lo, start)] + [span] + [t.bars[b] for b in range(end, hi)]
+            else:
+                words = [t.bars[b] for b in range(lo, hi)]
+            ids += vocab.track_ids(head, words, [vocab.track_end])
+            continue
+        ids += head
         bars = bpe_bars[t.index]
         if t.index == tt.index:
             for b in range(lo, start):
                 ids += bars[b]
-            ids += [vocab.infill_bar] * (end - start)
+            ids += span
             for b in range(end, hi):
                 ids += bars[b]
         else:
             for b in range(lo, hi):
                 ids += bars[b]
         ids.append(vocab.track_end)
-    ids += [vocab.fillbar_start] + headers[0] + ctrl_ids[0]
-    return Prompt(ids=ids, bar_headers=headers, bar_controls=ctrl_ids, request=req, window=(lo, hi),
-                  context_pitches=_context_pitches(vocab, tt, [*range(lo, start), *range(end, hi)]))
+    return ids
 
 
 def _context_pitches(vocab, tt: TrackTokens, bars: Sequence[int]) -> list[int]:
@@ -241,18 +282,15 @@ def _replace_bars(score, st: ScoreTokens, track_index: int, start: int, end: int
     track = new.tracks[track_index]
     t0, t1 = st.bar_ticks[start], st.bar_ticks[end]
     arr = track.notes.numpy()
+    tb = tables(vocab if vocab is not None else _default_vocab())
     if len(arr["time"]):
-        tb = tables(vocab) if vocab is not None else None
-        if tb is None:
-            from midirwkv.music.remi import _default_vocab
-            tb = tables(_default_vocab())
         q = quantise_track(track, st.bar_ticks, st.time_sigs, st.tpq, tb)
         inside = (q.all_bar >= start) & (q.all_bar < end) & (arr["time"] < st.bar_ticks[-1])
         keep = {k: v[~inside] for k, v in arr.items()}
     else:
         keep = arr
     added = decode_bar_tokens(bars_base_ids, st.bar_ticks[start:end + 1], st.tpq, bool(track.is_drum), vocab)
-    lo, hi = DRUM_PITCH_RANGE if track.is_drum else PITCH_RANGE
+    lo, hi = tb.pitch_range(bool(track.is_drum))
     # a kept note that starts before the span and still sounds in it: a new note of the same pitch there
     # would end it early once written to MIDI (one note-on/off pair per pitch), so the old note wins
     held: dict[int, list[tuple[int, int]]] = {}
@@ -373,12 +411,9 @@ def build_track_prompt(vocab, st: ScoreTokens, req: TrackRequest) -> TrackPrompt
     headers = [list(st.tracks[0].bars[b][:2]) if st.tracks else [vocab.bar] for b in range(n_bars)]
     ids: list[int] = []
     for t in st.tracks:
-        if tt is not None and t.index == tt.index:
+        if (tt is not None and t.index == tt.index) or not _has_program(vocab, t.program):
             continue
-        ids += [vocab.track_start, _program_id(vocab, t.program)]
-        for bar in t.bars:
-            ids += vocab.bpe(bar)
-        ids.append(vocab.track_end)
+        ids += vocab.track_ids([vocab.track_start, _program_id(vocab, t.program)], t.bars, [vocab.track_end])
     ids += [vocab.infill_track, vocab.track_start, _program_id(vocab, program)]
     ids += vocab.ids(controls.to_tokens(is_drum))
     ids += headers[0]

@@ -19,7 +19,10 @@ We own the bar grid, so bar boundaries, meters and splicing are exact:
   ``Pitch_k Velocity_v Duration_d`` (``PitchDrum_k`` on drums) ordered by (pitch, duration, velocity), as
   MidiTok orders them. A tempo token is written in every track: at position 0 of the first bar, then
   where the (quantised) tempo changes.
-- Notes outside the vocabulary's pitch range (21..108; drums 27..87) are left out, as MidiTok does.
+- Notes outside the vocabulary's pitch range (read from its Pitch / PitchDrum tokens: 21..108, drums 27..87 in
+  ours and in the paper's) are left out, as MidiTok does. Every token value (durations, velocities, tempos,
+  positions, meters, pitches) is read from the vocabulary by name, so the paper's released tokenizer
+  (``music.paper_vocab``) encodes through the same code.
 """
 
 from __future__ import annotations
@@ -334,6 +337,13 @@ class _Tables:
     # reverse, for decoding: base id -> (kind code, value)
     decode: dict[int, tuple[str, float]]
 
+    def pitch_range(self, is_drum: bool) -> tuple[int, int]:
+        """Lowest and highest pitch (inclusive) the vocabulary writes, read from its Pitch / PitchDrum tokens."""
+        table = self.drum_id if is_drum else self.pitch_id
+        if not table:
+            return DRUM_PITCH_RANGE if is_drum else PITCH_RANGE
+        return min(table), max(table)
+
 
 def tables(vocab) -> _Tables:
     """Lookup tables of a vocabulary for the encoder/decoder (cached on the Vocab object)."""
@@ -426,7 +436,7 @@ def quantise_track(track, bar_ticks: Sequence[int], time_sigs: Sequence[tuple[in
     bar = np.where(nxt, bar + 1, bar)
     pos = np.where(nxt, 0, np.where(over, npos[bar] - 1, pos))
     den = dens[bar]
-    lo, hi = DRUM_PITCH_RANGE if track.is_drum else PITCH_RANGE
+    lo, hi = tb.pitch_range(bool(track.is_drum))
     pitch = arr["pitch"].astype(np.int64)
     keep = (pitch >= lo) & (pitch <= hi)
     d12 = arr["duration"].astype(np.float64) * POS_PER_BEAT * den / (4 * tpq)

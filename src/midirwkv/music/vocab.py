@@ -9,6 +9,9 @@ merges tokens of ONE bar's note body (``Position / Tempo / Pitch / Velocity / Du
 spans a bar line, and no merge can glue a bar start or a control to notes (the authors' defect: BPE
 merged a bar start with a note, and their controls were then fed after notes).
 
+The paper's released tokenizer (a MidiTok 3.0.5 file whose BPE merges whole bars) is read by
+``music.paper_vocab.PaperVocab`` with the same interface; ``Vocab.load`` returns one for such a file.
+
 Ids never drift: the base vocabulary is built once by :func:`make_tokenizer_config` plus our control
 tokens, saved to ``assets/tokenizer/tokenizer.json`` and always loaded from a JSON file. A BPE
 vocabulary keeps every base id where it is and appends the merged tokens after them; the JSON also
@@ -22,9 +25,13 @@ import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from midirwkv.errors import BadRequestError, CheckpointError
 from midirwkv.music.controls import all_control_tokens
+
+if TYPE_CHECKING:
+    from midirwkv.music.paper_vocab import PaperVocab
 
 SHIPPED_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer" / "tokenizer.json"
 FORMAT_VERSION = 1
@@ -122,12 +129,27 @@ class Vocab:
 
     # ------------------------------------------------------------------------------------ load / save
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Vocab:
-        """Load a tokenizer JSON (None: the shipped base tokenizer)."""
+    def load(cls, path: str | Path | None = None) -> Vocab | PaperVocab:
+        """Load a tokenizer JSON (None: the shipped base tokenizer).
+
+        A MidiTok 3.0.5 MMM file of the kind the paper's authors released (no ``midirwkv`` record, a trained
+        ``_model``) comes back as a :class:`midirwkv.music.paper_vocab.PaperVocab`, which has the same interface.
+        """
         p = Path(path) if path is not None else SHIPPED_TOKENIZER
         if p.is_dir():
             p = p / "tokenizer.json"
+        if p.is_file() and _is_paper_file(p):
+            from midirwkv.music.paper_vocab import PaperVocab
+
+            return PaperVocab.load(p)
         return _load_cached(str(p.resolve()) if p.exists() else str(p))
+
+    def track_ids(self, head: Sequence[int], bars: Sequence[Sequence[int]], tail: Sequence[int]) -> list[int]:
+        """One track's ids: ``head`` (``Track_Start Program``), every bar BPE-encoded on its own, ``tail``."""
+        out = list(head)
+        for bar in bars:
+            out += self.bpe(bar)
+        return out + list(tail)
 
     def save(self, path: str | Path) -> Path:
         """Write this vocabulary as a tokenizer JSON (MidiTok's format plus our base-name list)."""
@@ -187,10 +209,6 @@ class Vocab:
             merged = self._bpe_memo[body] = tuple(self._model.encode("".join(self._id_to_byte[i] for i in body)).ids)
         return ids[:k] + list(merged)
 
-    def bpe_many(self, bars: Sequence[Sequence[int]]) -> list[list[int]]:
-        """``bpe`` of several bars (batched through the HF tokenizer)."""
-        return [self.bpe(b) for b in bars]
-
     def unbpe(self, ids: Sequence[int]) -> list[int]:
         """Ids (BPE or base) -> base ids."""
         out: list[int] = []
@@ -213,12 +231,6 @@ class Vocab:
         return all(self._kind[b] in ("Position", "Tempo", "Pitch", "PitchDrum", "Velocity", "Duration")
                    for b in self._pieces[id])
 
-    def is_special(self, id: int) -> bool:
-        """PAD, BOS, EOS, Infill_*, FillBar_*, Track_* ."""
-        return id < self.size and self._pieces[id][0] in (
-            self.pad, self.bos, self.eos, self.infill_bar, self.infill_track, self.fillbar_start,
-            self.fillbar_end, self.track_start, self.track_end)
-
     def names(self, ids: Sequence[int]) -> list[str]:
         return [self.name(i) for i in ids]
 
@@ -230,6 +242,26 @@ class Vocab:
 
     def __repr__(self) -> str:
         return f"Vocab(size={self.size}, base={self.base_size}, bpe={self.has_bpe}, path={self.path})"
+
+
+def _is_paper_file(path: Path) -> bool:
+    """Whether ``path`` holds a MidiTok MMM tokenizer of the release's kind rather than one of ours (ours carry a
+    ``midirwkv`` record); remembered per file, size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return _is_paper_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _is_paper_cached(path: str, size: int, mtime_ns: int) -> bool:
+    from midirwkv.music.paper_vocab import is_paper_tokenizer
+
+    try:
+        return is_paper_tokenizer(json.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 @lru_cache(maxsize=8)
@@ -296,30 +328,3 @@ def train_bpe(vocab: Vocab, bars: Iterable[Sequence[int]], vocab_size: int = DEF
         warnings.simplefilter("ignore")
         tok.train(vocab_size=vocab_size, model="BPE", iterator=texts)
     return Vocab(tok, None)
-
-
-def bpe_command(argv: Sequence[str] | None = None) -> int:
-    """``python -m midirwkv.music.vocab CACHE_DIR OUT.json [--vocab-size N] [--limit BARS]``.
-
-    Train BPE on the train split of a prepared token cache (``midirwkv prepare``) and write the JSON.
-    """
-    import argparse
-
-    from midirwkv.data.dataset import TokenCache
-
-    parser = argparse.ArgumentParser(prog="python -m midirwkv.music.vocab", description=bpe_command.__doc__)
-    parser.add_argument("cache", help="output folder of `midirwkv prepare`")
-    parser.add_argument("output", help="tokenizer JSON to write")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_BPE_SIZE)
-    parser.add_argument("--limit", type=int, default=None, help="use at most this many bars")
-    parser.add_argument("--split", default="train")
-    args = parser.parse_args(argv)
-    cache = TokenCache(args.cache, args.split)
-    new = train_bpe(Vocab.load(), cache.iter_bars(limit=args.limit), args.vocab_size)
-    new.save(args.output)
-    print(f"wrote {args.output}: {new.size} ids ({new.base_size} base)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(bpe_command())

@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from midirwkv.errors import BadMidiError, BadRequestError, MidiRwkvError
+from midirwkv.music import gm
 from midirwkv.server import schemas as S
 from midirwkv.server.jobs import JobManager, sample_config
 from midirwkv.server.security import GuardMiddleware, HostPolicy, upload_content_type
@@ -49,31 +50,12 @@ CLEANUP_EVERY_S = 600.0
 """How often expired sessions are looked for while the server runs (also at start, and when the session
 limit is reached)."""
 
-GM_FAMILIES = (
-    "Piano",
-    "Chromatic percussion",
-    "Organ",
-    "Guitar",
-    "Bass",
-    "Strings",
-    "Ensemble",
-    "Brass",
-    "Reed",
-    "Pipe",
-    "Synth lead",
-    "Synth pad",
-    "Synth effects",
-    "Ethnic",
-    "Percussive",
-    "Sound effects",
-)
-
 
 def instrument_name(program: int, is_drum: bool) -> str:
-    """A short General MIDI description: family and program number."""
+    """The General MIDI instrument and program number (``"Trumpet (program 56)"``), ``"Drums"`` for drums."""
     if is_drum or program < 0:
-        return "Drums"
-    return f"{GM_FAMILIES[program // 8]} (program {program})"
+        return gm.DRUMS
+    return f"{gm.instrument_name(program, is_drum)} (program {program})"
 
 
 class _Describer:
@@ -675,6 +657,14 @@ def create_app(
     ) -> dict:
         """A variation's notes (the same view as the song's)."""
         return describer.notes(jobs.variation_path(session, upload_id, job_id, variation))
+
+    from midirwkv.server.live import register_live  # the live loop and streamed variations (issue 20)
+
+    register_live(app, storage=storage, engine=engine, session_of=session_of, errors=errors)
+
+    from midirwkv.server.oneshot import register_oneshot  # one request for DAW scripts (issue 21)
+    register_oneshot(app, max_upload_bytes=max_upload_bytes, job_out=_job_out, check_midi=_check_midi, error=_error,
+                     session_header=SESSION_HEADER, session_cookie=SESSION_COOKIE)
 
     # ---------------------------------------------------------------------------------------- page
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from midirwkv.config import SampleConfig
+from midirwkv.config import MAX_CANDIDATES, SampleConfig
 
 _SAMPLE = SampleConfig()
 """The sampling defaults (their one definition is ``SampleConfig``)."""
@@ -130,6 +130,9 @@ class SamplingIn(_Strict):
     keep_register: float = Field(_SAMPLE.keep_register, ge=0, le=10, allow_inf_nan=False,
                                  description="bar infilling: pull toward the register of the track's context "
                                              "bars (0 = off; whole tracks ignore it)")
+    candidates: int = Field(_SAMPLE.candidates, ge=1, le=MAX_CANDIDATES,
+                            description="bar infilling: fills sampled per variation, the most likely kept "
+                                        "(1 = one sample; live loops always sample one)")
 
 
 class RangeOut(BaseModel):
