@@ -21,6 +21,16 @@ from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
 from midirwkv.files import atomic_path
 from midirwkv.infer.generate import GeneratedSpan, Grammar
+from midirwkv.infer.reports import (
+    BarReport,
+    Report,
+    SpanReport,
+    VariationReport,
+    empty_bar,
+    free_bar,
+    missed_fields,
+    span_report,
+)
 from midirwkv.infer.session import InfillSession, TrackSession
 from midirwkv.infer.style import resolve_style
 
@@ -331,125 +341,6 @@ def save_score(score, path: str | Path, protect: str | Path | None = None) -> Pa
 
 # ----------------------------------------------------------------------------------------------- reports
 
-@dataclass
-class BarReport:
-    """Controls asked and achieved for one filled bar."""
-
-    bar: int
-    """1-based bar number in the file."""
-    asked: object
-    """The requested ``BarControls`` (a field left None was free)."""
-    achieved: object
-    """The ``BarControls`` measured on the result."""
-    missed: list[str]
-    """Names of the asked controls that the result does not have."""
-    attempts: int
-    """Attempts used for this bar (control re-sampling and hard-limit retries included)."""
-
-    def to_dict(self) -> dict:
-        return {"bar": self.bar, "asked": _controls_dict(self.asked), "achieved": _controls_dict(self.achieved),
-                "missed": self.missed, "attempts": self.attempts}
-
-
-@dataclass
-class SpanReport:
-    """One filled span of one variation."""
-
-    track: int
-    first_bar: int
-    last_bar: int
-    prompt_tokens: int
-    window: tuple[int, int]
-    sampled_tokens: int
-    seconds: float
-    bars: list[BarReport]
-    kind: str = "bars"
-    """"bars" (bar infilling) or "track" (a whole track written by ``add_track``)."""
-    track_asked: object = None
-    """Track infilling: the ``TrackControls`` asked (a field left None was free)."""
-    track_achieved: object = None
-    """Track infilling: the ``TrackControls`` measured on the result (None: the track came out empty)."""
-    track_missed: list[str] = field(default_factory=list)
-    """Track infilling: names of the asked track controls the result does not have."""
-
-    def to_dict(self) -> dict:
-        out = {"track": self.track, "bars": f"{self.first_bar}-{self.last_bar}", "prompt_tokens": self.prompt_tokens,
-               "context_window": f"{self.window[0] + 1}-{self.window[1]}", "sampled_tokens": self.sampled_tokens,
-               "seconds": round(self.seconds, 4), "per_bar": [b.to_dict() for b in self.bars]}
-        if self.kind == "track":
-            out.update(kind="track", track_controls={"asked": _controls_dict(self.track_asked),
-                                                     "achieved": _controls_dict(self.track_achieved),
-                                                     "missed": self.track_missed})
-        return out
-
-
-@dataclass
-class VariationReport:
-    """One result: its seed, its spans and its score."""
-
-    seed: int
-    spans: list[SpanReport]
-    score: object = field(repr=False, default=None)
-
-    def to_dict(self) -> dict:
-        return {"seed": self.seed, "spans": [s.to_dict() for s in self.spans]}
-
-
-@dataclass
-class Report:
-    """What ``infill`` / ``add_track`` did: per variation, per span, per bar; plus timings in seconds."""
-
-    variations: list[VariationReport]
-    timings: dict[str, float]
-
-    @property
-    def scores(self) -> list:
-        """The result score of every variation, in order."""
-        return [v.score for v in self.variations]
-
-    def to_dict(self) -> dict:
-        return {"variations": [v.to_dict() for v in self.variations],
-                "timings": {k: round(v, 4) for k, v in self.timings.items()}}
-
-    def summary(self) -> str:
-        """A few human lines: per variation and span, tokens and controls met."""
-        lines = []
-        for i, var in enumerate(self.variations):
-            for sp in var.spans:
-                if sp.kind == "track":
-                    asked = len(_asked_fields(sp.track_asked))
-                    lines.append(f"variation {i + 1} (seed {var.seed}): track {sp.track} written over bars "
-                                 f"{sp.first_bar}-{sp.last_bar}: {sp.sampled_tokens} tokens, track controls met "
-                                 f"{asked - len(sp.track_missed)}/{asked}")
-                    continue
-                asked = sum(len(_asked_fields(b.asked)) for b in sp.bars)
-                missed = sum(len(b.missed) for b in sp.bars)
-                lines.append(f"variation {i + 1} (seed {var.seed}): track {sp.track} bars {sp.first_bar}-"
-                             f"{sp.last_bar}: {sp.sampled_tokens} tokens, controls met {asked - missed}/{asked}")
-        lines.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
-        return "\n".join(lines)
-
-
-def _controls_dict(controls) -> dict | None:
-    if controls is None:
-        return None
-    if hasattr(controls, "to_dict"):
-        return controls.to_dict()
-    from dataclasses import asdict
-
-    return asdict(controls)
-
-
-def _asked_fields(controls) -> list[str]:
-    """Names of the fields of a ``BarControls`` that were asked for (not None)."""
-    from dataclasses import fields as dc_fields
-
-    return [f.name for f in dc_fields(controls) if getattr(controls, f.name) is not None]
-
-
-def _missed(asked, achieved) -> list[str]:
-    return [name for name in _asked_fields(asked) if getattr(achieved, name) != getattr(asked, name)]
-
 
 # ----------------------------------------------------------------------------------------------- infill
 
@@ -648,27 +539,13 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
                 # on the original grid: the result may have lost its last notes, never its bars
                 new_st = encode_score(new_score, vocab, grid=(g_st.bar_ticks, g_st.time_sigs))
                 current[i] = (new_score, new_st)
-                results[i].spans.append(_span_report(new_st, trk, start, end, asked, out, len(prompt.ids),
+                results[i].spans.append(span_report(new_st, trk, start, end, asked, out, len(prompt.ids),
                                                      prompt.window, t3 - t2, tt.is_drum))
             timings["splice"] += time.perf_counter() - t3
     for i, var in enumerate(results):
         var.score = current[i][0]
     timings["total"] = time.perf_counter() - t0
     return results[0].score, Report(variations=results, timings=timings)
-
-
-def _span_report(st, track: int, start: int, end: int, asked: list, out: GeneratedSpan, prompt_tokens: int,
-                 window: tuple[int, int], seconds: float, is_drum: bool = False) -> SpanReport:
-    """The report of one filled span; ``st`` is the result encoded on the original's grid (every bar there)."""
-    tt = next((t for t in st.tracks if t.index == track), None)     # None: the result left the track empty
-    bars = []
-    for j, bar in enumerate(range(start, end)):
-        achieved = tt.controls[bar] if tt is not None else _empty_bar(is_drum)
-        missed = _missed(asked[j], achieved)
-        bars.append(BarReport(bar=bar + 1, asked=asked[j], achieved=achieved, missed=missed,
-                              attempts=out.attempts[j]))
-    return SpanReport(track=track, first_bar=start + 1, last_bar=end, prompt_tokens=prompt_tokens,
-                      window=tuple(window), sampled_tokens=out.sampled, seconds=seconds, bars=bars)
 
 
 # ----------------------------------------------------------------------------------------------- add_track
@@ -822,7 +699,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     variations_out = []
     for new_score, achieved, missed, new_st, out in results:
         tt_new = next((t for t in new_st.tracks if t.index == target), None)
-        bars = [BarReport(bar=b + 1, asked=_free_bar(), achieved=tt_new.controls[b] if tt_new is not None else None,
+        bars = [BarReport(bar=b + 1, asked=free_bar(), achieved=tt_new.controls[b] if tt_new is not None else None,
                           missed=[], attempts=out.attempts[b]) for b in range(n_bars)]
         span = SpanReport(track=target, first_bar=1, last_bar=n_bars, prompt_tokens=len(prompt.ids),
                           window=tuple(prompt.window), sampled_tokens=out.sampled, seconds=t3 - t2, bars=bars,
@@ -831,19 +708,6 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     timings["splice"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
     return variations_out[0].score, Report(variations=variations_out, timings=timings)
-
-
-def _empty_bar(is_drum: bool):
-    """The controls of a bar without notes (what a bar of an emptied track measures)."""
-    from midirwkv.music.controls import BarControls, BarNotes
-
-    return BarControls.compute(BarNotes((), ()), is_drum)
-
-
-def _free_bar():
-    from midirwkv.music.controls import BarControls
-
-    return BarControls()
 
 
 def _track_result(score, st, req, out: GeneratedSpan, target: int, asked, vocab):
@@ -855,7 +719,7 @@ def _track_result(score, st, req, out: GeneratedSpan, target: int, asked, vocab)
     new_st = encode_score(new_score, vocab, grid=(st.bar_ticks, st.time_sigs))    # the original's bars
     tt = next((t for t in new_st.tracks if t.index == target), None)
     achieved = track_controls_of(new_st, tt, vocab) if tt is not None else None
-    missed = [n for n in _asked_fields(asked) if achieved is None or getattr(achieved, n) != getattr(asked, n)]
+    missed = missed_fields(asked, achieved)
     return new_score, achieved, missed, new_st, out
 
 
@@ -915,7 +779,7 @@ def make_checker(vocab, score, st, tt, start: int, asked: list) -> Callable[[int
         req = InfillRequest(track=tt.index, start=start + j, end=start + j + 1, controls=[asked[j]])
         spliced = encode_score(splice(score, st, req, [bar_ids], vocab), vocab, grid=(st.bar_ticks, st.time_sigs))
         measured = next((t for t in spliced.tracks if t.index == tt.index), None)   # None: the bar left it empty
-        achieved = measured.controls[start + j] if measured is not None else _empty_bar(tt.is_drum)
-        return len(_missed(asked[j], achieved))
+        achieved = measured.controls[start + j] if measured is not None else empty_bar(tt.is_drum)
+        return len(missed_fields(asked[j], achieved))
 
     return check

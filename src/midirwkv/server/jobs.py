@@ -560,16 +560,14 @@ def bar_reports(new_st, req, asked: list, is_drum: bool = False) -> list[dict]:
 
     ``new_st`` is the result encoded on the original's grid; a track the result left empty measures as empty bars.
     """
-    from midirwkv.music.controls import BarControls, BarNotes
+    from midirwkv.infer.reports import empty_bar, missed_fields
 
     tt = next((t for t in new_st.tracks if t.index == req.track), None)
-    empty = BarControls.compute(BarNotes((), ()), is_drum).to_dict()
     out = []
     for j, bar in enumerate(range(req.start, req.end)):
-        want = asked[j].to_dict()
-        got = tt.controls[bar].to_dict() if tt is not None else empty
-        missed = [k for k, v in want.items() if v is not None and (got is None or got[k] != v)]
-        out.append({"bar": bar + 1, "asked": want, "achieved": got, "missed": missed})
+        got = tt.controls[bar] if tt is not None else empty_bar(is_drum)
+        out.append({"bar": bar + 1, "asked": asked[j].to_dict(), "achieved": got.to_dict(),
+                    "missed": missed_fields(asked[j], got)})
     return out
 
 
@@ -613,6 +611,7 @@ def track_request(st, req_in: dict, vocab, n_tracks: int | None = None):
 
 def track_reports(new_st, target: int, asked, vocab) -> dict:
     """Per bar of an add-track result (nothing asked per bar, the measured controls), and its track controls."""
+    from midirwkv.infer.reports import missed_fields
     from midirwkv.music.controls import BarControls
     from midirwkv.music.infill import track_controls_of
 
@@ -622,7 +621,7 @@ def track_reports(new_st, target: int, asked, vocab) -> dict:
         {"bar": b + 1, "asked": free, "achieved": tt.controls[b].to_dict() if tt is not None else None, "missed": []}
         for b in range(new_st.n_bars)
     ]
-    want = asked.to_dict()
-    got = track_controls_of(new_st, tt, vocab).to_dict() if tt is not None else None
-    missed = [k for k, v in want.items() if v is not None and (got is None or got[k] != v)]
-    return {"bars": bars, "track_controls": {"track": target, "asked": want, "achieved": got, "missed": missed}}
+    achieved = track_controls_of(new_st, tt, vocab) if tt is not None else None
+    return {"bars": bars, "track_controls": {"track": target, "asked": asked.to_dict(),
+                                             "achieved": achieved.to_dict() if achieved is not None else None,
+                                             "missed": missed_fields(asked, achieved)}}
