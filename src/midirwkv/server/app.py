@@ -1,7 +1,9 @@
 """The local web server: an HTTP API over the engine and the web page that uses it (``midirwkv serve``).
 
 Routes are thin: check the session, read or queue through :mod:`storage` and :mod:`jobs`, format the
-answer with :mod:`schemas`. Every error midirwkv raises becomes a 4xx (or 5xx) JSON body
+answer with :mod:`schemas`. This module makes the app (middleware, error bodies, the session routes, the page
+and /docs); the routes live in :mod:`routes_uploads`, :mod:`routes_jobs`, :mod:`live` and :mod:`oneshot`, each
+registered with the app's objects (:class:`midirwkv.server.common.Context`). Every error midirwkv raises becomes a 4xx (or 5xx) JSON body
 ``{"error", "message", "argument", "fix"}``; so do validation errors and unknown routes.
 
 Isolation: each browser (or API client) holds a random session token (cookie ``midirwkv_session`` or header
@@ -16,136 +18,39 @@ sessions that expire, quotas (``ServerLimits``).
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-import secrets
-import threading
-from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from midirwkv.errors import BadMidiError, BadRequestError, MidiRwkvError
-from midirwkv.music import gm
+from midirwkv.errors import MidiRwkvError
 from midirwkv.server import schemas as S
-from midirwkv.server.jobs import JobManager, sample_config
-from midirwkv.server.security import GuardMiddleware, HostPolicy, upload_content_type
-from midirwkv.server.storage import ConflictError, ServerLimits, Storage, UnauthorizedError, check_token
+from midirwkv.server.common import (
+    MAX_UPLOAD_BYTES,
+    SESSION_COOKIE,
+    SESSION_HEADER,
+    Context,
+    Describer,
+    check_midi,
+    error_response,
+    job_out,
+)
+from midirwkv.server.jobs import JobManager
+from midirwkv.server.live import register_live
+from midirwkv.server.oneshot import register_oneshot
+from midirwkv.server.routes_jobs import register_jobs
+from midirwkv.server.routes_uploads import register_uploads
+from midirwkv.server.security import GuardMiddleware, HostPolicy
+from midirwkv.server.storage import ServerLimits, Storage, UnauthorizedError
 
 STATIC = Path(__file__).resolve().parent / "static"
-SESSION_COOKIE = "midirwkv_session"
-SESSION_HEADER = "X-Midirwkv-Session"
-MAX_UPLOAD_BYTES = 4 * 1024 * 1024
-"""Largest MIDI file accepted (a long multi-track song is well under 1 MB)."""
-EVENT_POLL_S = 0.25
-"""How often the server-sent event stream looks at a job."""
-EVENT_MAX_S = 3600.0
-"""A progress stream ends after this long (the client reconnects or polls)."""
 CLEANUP_EVERY_S = 600.0
 """How often expired sessions are looked for while the server runs (also at start, and when the session
 limit is reached)."""
-
-
-def instrument_name(program: int, is_drum: bool) -> str:
-    """The General MIDI instrument and program number (``"Trumpet (program 56)"``), ``"Drums"`` for drums."""
-    if is_drum or program < 0:
-        return gm.DRUMS
-    return f"{gm.instrument_name(program, is_drum)} (program {program})"
-
-
-class _Describer:
-    """``music.inspect.describe`` and the note view of song files, memoised (version files never change)."""
-
-    def __init__(self, vocab, size: int = 64):
-        self.vocab = vocab
-        self.size = size
-        self._memo: OrderedDict[tuple[str, str], object] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _get(self, kind: str, path: Path, make):
-        key = (kind, str(path))
-        with self._lock:
-            if key in self._memo:
-                self._memo.move_to_end(key)
-                return self._memo[key]
-        value = make()
-        with self._lock:
-            self._memo[key] = value
-            while len(self._memo) > self.size:
-                self._memo.popitem(last=False)
-        return value
-
-    def describe(self, path: Path):
-        from midirwkv.music.inspect import describe
-        from midirwkv.music.remi import load_score
-
-        return self._get("describe", path, lambda: describe(load_score(path.read_bytes()), self.vocab))
-
-    def notes(self, path: Path) -> dict:
-        return self._get("notes", path, lambda: self._notes(path))
-
-    def _notes(self, path: Path) -> dict:
-        from midirwkv.music.remi import bar_grid, load_score
-
-        score = load_score(path.read_bytes())
-        info = self.describe(path)
-        bar_ticks, time_sigs = bar_grid(score)
-        tempos = sorted((int(t.time), round(float(t.qpm), 3)) for t in score.tempos) or [(0, 120.0)]
-        tracks = []
-        for t in info.tracks:
-            arr = score.tracks[t.index].notes.numpy()
-            notes = [
-                (int(a), int(b), int(c), int(d))
-                for a, b, c, d in zip(arr["time"], arr["duration"], arr["pitch"], arr["velocity"])
-            ]
-            tracks.append(
-                {
-                    "index": t.index,
-                    "name": t.name,
-                    "program": t.program,
-                    "is_drum": t.is_drum,
-                    "instrument": instrument_name(t.program, t.is_drum),
-                    "notes": notes,
-                }
-            )
-        return {
-            "tpq": int(score.ticks_per_quarter),
-            "bar_ticks": [int(b) for b in bar_ticks],
-            "time_sigs": [f"{a}/{b}" for a, b in time_sigs],
-            "tempos": tempos,
-            "tracks": tracks,
-        }
-
-
-def _error(status: int, body: dict) -> JSONResponse:
-    return JSONResponse(status_code=status, content=S.ErrorBody(**body).model_dump())
-
-
-def _job_out(job: dict) -> dict:
-    base = f"/api/uploads/{job['upload_id']}/jobs/{job['job_id']}/variations"
-    out = {k: v for k, v in job.items() if k in S.JobOut.model_fields}
-    out["variations"] = [
-        {
-            "variation": v["variation"],
-            "seed": v["seed"],
-            "sampled_tokens": v["sampled_tokens"],
-            "midi_url": f"{base}/{v['variation']}/midi",
-            "bars": v["bars"],
-            "track_controls": v.get("track_controls"),
-        }
-        for v in job["variations"]
-    ]
-    return out
-
-
-def _download_name(filename: str, suffix: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", filename.rsplit(".", 1)[0])[:60].strip("._") or "song"
-    return f"{stem}_{suffix}.mid"
 
 
 def swagger_assets() -> Path | None:
@@ -177,7 +82,7 @@ def create_app(
     storage = Storage(data_dir, limits)
     engine = model if isinstance(model, Engine) else load_engine(model, threads=threads, int8=int8)
     jobs = JobManager(storage, engine)
-    describer = _Describer(engine.vocab)
+    describer = Describer(engine.vocab)
     limits = storage.limits
 
     @asynccontextmanager
@@ -206,7 +111,7 @@ def create_app(
     app.add_middleware(
         GuardMiddleware,
         hosts=HostPolicy(allowed_hosts),
-        error_response=lambda exc: _error(exc.http_status, exc.to_dict()),
+        error_response=lambda exc: error_response(exc.http_status, exc.to_dict()),
     )
     errors = {
         400: {"model": S.ErrorBody},
@@ -221,7 +126,7 @@ def create_app(
     # ---------------------------------------------------------------------------------------- errors
     @app.exception_handler(MidiRwkvError)
     async def on_midirwkv_error(_request: Request, exc: MidiRwkvError) -> JSONResponse:
-        return _error(exc.http_status, exc.to_dict())
+        return error_response(exc.http_status, exc.to_dict())
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -231,7 +136,7 @@ def create_app(
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
             for e in exc.errors()[:5]
         )
-        return _error(
+        return error_response(
             422,
             {
                 "error": "ValidationError",
@@ -243,7 +148,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(
+        return error_response(
             exc.status_code,
             {
                 "error": "HTTPError",
@@ -298,373 +203,14 @@ def create_app(
         """The sampling defaults (``SampleConfig``'s) and the ranges the request schema accepts."""
         return S.sampling_defaults()
 
-    # ---------------------------------------------------------------------------------------- uploads
-    def upload_out(session: str, upload_id: str, version: int | None) -> dict:
-        meta = storage.upload_meta(session, upload_id)
-        path, number = storage.version_path(session, upload_id, version)
-        info = describer.describe(path)
-        versions = []
-        for i, v in enumerate(meta["versions"]):
-            src = v["source"]
-            text = src if isinstance(src, str) else f"job {src['job_id']} variation {src['variation']}"
-            versions.append({"version": i, "source": text})
-        return {
-            "upload_id": upload_id,
-            "filename": meta["filename"],
-            "size": meta["size"],
-            "version": number,
-            "head": meta["head"],
-            "versions": versions,
-            "n_bars": info.n_bars,
-            "tpq": info.tpq,
-            "time_sigs": info.time_sigs,
-            "tempos": info.tempos,
-            "tracks": [
-                {
-                    "index": t.index,
-                    "name": t.name,
-                    "program": t.program,
-                    "is_drum": t.is_drum,
-                    "instrument": instrument_name(t.program, t.is_drum),
-                    "n_notes": t.n_notes,
-                    "bars_with_notes": t.bars_with_notes,
-                }
-                for t in info.tracks
-            ],
-            "controls": {str(k): v for k, v in info.controls.items()},
-        }
-
-    @app.post(
-        "/api/uploads",
-        response_model=S.UploadOut,
-        status_code=201,
-        responses=errors | {413: {"model": S.ErrorBody}, 415: {"model": S.ErrorBody}},
-        tags=["uploads"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "audio/midi": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
-    )
-    async def upload(
-        request: Request,
-        filename: str = Query("upload.mid", max_length=255),
-        session: str = Depends(session_of),
-    ) -> dict:
-        """Upload a Standard MIDI File as the raw request body, ``Content-Type: audio/midi`` (or
-        ``application/octet-stream``); limit: ``max_upload_bytes``."""
-        upload_content_type(request.headers.get("content-type"))
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
-            return _too_large(int(declared))
-        data = bytearray()
-        async for chunk in request.stream():
-            data.extend(chunk)
-            if len(data) > max_upload_bytes:
-                return _too_large(len(data))
-        data = bytes(data)
-        if not data:
-            raise BadMidiError(
-                "the request body is empty",
-                argument="body",
-                value=0,
-                fix="send the bytes of a .mid file as the body",
-            )
-        # parse (and tokenise) before anything is stored: a file the engine cannot read is refused now
-        await asyncio.to_thread(_check_midi, data, engine.vocab)
-        upload_id = await asyncio.to_thread(storage.add_upload, session, data, filename)
-        return await asyncio.to_thread(upload_out, session, upload_id, None)
-
-    def _too_large(size: int) -> JSONResponse:
-        return _error(
-            413,
-            {
-                "error": "PayloadTooLarge",
-                "argument": "body",
-                "message": f"the upload is {size} bytes; the limit is {max_upload_bytes}",
-                "fix": "send a smaller MIDI file (split long files, or drop unused tracks)",
-            },
-        )
-
-    @app.get("/api/uploads", response_model=list[S.UploadSummary], tags=["uploads"], responses=errors)
-    def list_uploads(session: str = Depends(session_of)) -> list[dict]:
-        """This session's uploads, oldest first."""
-        return [
-            {"upload_id": uid, "filename": m["filename"], "size": m["size"], "head": m["head"]}
-            for uid, m in storage.list_uploads(session)
-        ]
-
-    @app.delete("/api/uploads/{upload_id}", status_code=204, tags=["uploads"], responses=errors)
-    def delete_upload(upload_id: str, session: str = Depends(session_of)) -> Response:
-        """Delete an upload with its versions and jobs (refused while one of its jobs is queued or running)."""
-        storage.upload_dir(session, upload_id)
-        jobs.forget_upload(session, upload_id)
-        storage.delete_upload(session, upload_id)
-        return Response(status_code=204)
-
-    @app.get("/api/uploads/{upload_id}", response_model=S.UploadOut, tags=["uploads"], responses=errors)
-    def inspect_upload(
-        upload_id: str, version: int | None = Query(None, ge=0), session: str = Depends(session_of)
-    ) -> dict:
-        """Tracks, bars, meters, tempi and the measured per-bar controls of a version (default: current)."""
-        return upload_out(session, upload_id, version)
-
-    @app.get("/api/uploads/{upload_id}/notes", response_model=S.NotesOut, tags=["uploads"], responses=errors)
-    def upload_notes(
-        upload_id: str, version: int | None = Query(None, ge=0), session: str = Depends(session_of)
-    ) -> dict:
-        """The notes of every track, bar lines and tempi (for the piano roll and the browser synthesizer)."""
-        path, _ = storage.version_path(session, upload_id, version)
-        return describer.notes(path)
-
-    @app.get(
-        "/api/uploads/{upload_id}/midi",
-        tags=["uploads"],
-        responses=errors | {200: {"content": {"audio/midi": {}}}},
-    )
-    def download(
-        upload_id: str, version: int | None = Query(None, ge=0), session: str = Depends(session_of)
-    ) -> FileResponse:
-        """The song as a MIDI file (default: the current version)."""
-        meta = storage.upload_meta(session, upload_id)
-        path, number = storage.version_path(session, upload_id, version)
-        return FileResponse(
-            path, media_type="audio/midi", filename=_download_name(meta["filename"], f"v{number}")
-        )
-
-    @app.post(
-        "/api/uploads/{upload_id}/accept", response_model=S.UploadOut, tags=["uploads"], responses=errors
-    )
-    def accept(upload_id: str, body: S.AcceptIn, session: str = Depends(session_of)) -> dict:
-        """Make a finished variation the song's new current version (undo goes back)."""
-        job = jobs.get(session, upload_id, check_token(body.job_id, "job_id"))
-        path = jobs.variation_path(session, upload_id, body.job_id, body.variation)
-        storage.push_version(
-            session,
-            upload_id,
-            path.read_bytes(),
-            {"job_id": body.job_id, "variation": body.variation},
-            expect_head=job["base_version"],
-        )
-        return upload_out(session, upload_id, None)
-
-    @app.post("/api/uploads/{upload_id}/undo", response_model=S.UploadOut, tags=["uploads"], responses=errors)
-    def undo(upload_id: str, session: str = Depends(session_of)) -> dict:
-        """Go back one version."""
-        storage.move_head(session, upload_id, -1)
-        return upload_out(session, upload_id, None)
-
-    @app.post("/api/uploads/{upload_id}/redo", response_model=S.UploadOut, tags=["uploads"], responses=errors)
-    def redo(upload_id: str, session: str = Depends(session_of)) -> dict:
-        """Go forward one version (after an undo)."""
-        storage.move_head(session, upload_id, +1)
-        return upload_out(session, upload_id, None)
-
-    # ---------------------------------------------------------------------------------------- jobs
-    @app.post(
-        "/api/uploads/{upload_id}/infill",
-        response_model=S.JobOut,
-        status_code=202,
-        tags=["jobs"],
-        responses=errors,
-    )
-    def request_infill(upload_id: str, body: S.InfillIn, session: str = Depends(session_of)) -> dict:
-        """Queue the regeneration of bars ``first_bar..last_bar`` of one track; poll the job or its events."""
-        from midirwkv.music.remi import encode_score, load_score
-
-        path, version = storage.version_path(session, upload_id, body.version)
-        info = describer.describe(path)
-        if body.last_bar < body.first_bar:
-            raise BadRequestError(
-                "last_bar comes before first_bar",
-                argument="last_bar",
-                value=(body.first_bar, body.last_bar),
-                fix="use first_bar <= last_bar",
-            )
-        if body.last_bar > info.n_bars:
-            raise BadRequestError(
-                "bars beyond the end of the song",
-                argument="last_bar",
-                value=body.last_bar,
-                fix=f"the song has bars 1-{info.n_bars}",
-            )
-        if body.track not in {t.index for t in info.tracks}:
-            raise BadRequestError(
-                "no track with notes at that index",
-                argument="track",
-                value=body.track,
-                fix=f"use one of {[t.index for t in info.tracks]}",
-            )
-        n = body.last_bar - body.first_bar + 1
-        if body.controls is not None and len(body.controls) != n:
-            raise BadRequestError(
-                "one controls entry per selected bar is needed",
-                argument="controls",
-                value=len(body.controls),
-                fix=f"give {n} entries (or null for the measured ones)",
-            )
-        request = body.model_dump()
-        request["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31 - 64)
-        sample_config(request["sampling"])
-        from midirwkv.music.infill import validate_request
-        from midirwkv.server.jobs import infill_request
-
-        validate_request(encode_score(load_score(path.read_bytes()), engine.vocab), infill_request(request))
-        return _job_out(jobs.submit(session, upload_id, "infill", request, version))
-
-    @app.post(
-        "/api/uploads/{upload_id}/add-track",
-        response_model=S.JobOut,
-        status_code=202,
-        tags=["jobs"],
-        responses=errors,
-    )
-    def request_add_track(upload_id: str, body: S.AddTrackIn, session: str = Depends(session_of)) -> dict:
-        """Queue writing a whole track: a new instrument (``program``) or an existing track (``regenerate``)."""
-        from midirwkv.music.infill import build_track_prompt
-        from midirwkv.music.remi import encode_score, load_score
-        from midirwkv.server.jobs import track_request
-
-        if (body.program is None) == (body.regenerate is None):
-            raise BadRequestError(
-                "give either program (a new track) or regenerate (an existing track)",
-                argument="program" if body.program is None else "regenerate",
-                value=(body.program, body.regenerate),
-                fix='e.g. {"program": 33} for a bass, {"program": -1} for drums, {"regenerate": 1}',
-            )
-        path, version = storage.version_path(session, upload_id, body.version)
-        request = body.model_dump()
-        request["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31 - 64)
-        sample_config(request["sampling"])
-        st = encode_score(load_score(path.read_bytes()), engine.vocab)
-        req, _, _ = track_request(st, request, engine.vocab)
-        build_track_prompt(engine.vocab, st, req)  # the token budget, before anything is queued
-        return _job_out(jobs.submit(session, upload_id, "add_track", request, version))
-
-    @app.post(
-        "/api/uploads/{upload_id}/jobs/{job_id}/more",
-        response_model=S.JobOut,
-        status_code=202,
-        tags=["jobs"],
-        responses=errors,
-    )
-    def more_variations(
-        upload_id: str, job_id: str, body: S.MoreIn, session: str = Depends(session_of)
-    ) -> dict:
-        """More variations of an infill or add-track job from its cached prompt state (only the new tokens)."""
-        parent = jobs.get(session, upload_id, job_id)
-        if parent["kind"] not in ("infill", "add_track", "more"):
-            raise ConflictError(
-                "only infill and add-track jobs have more variations",
-                argument="job_id",
-                value=job_id,
-                fix="pick an infill or add-track job",
-            )
-        root = parent["request"].get("root_job", job_id)
-        request = {k: v for k, v in parent["request"].items() if k not in ("seed", "variations")}
-        request.update(
-            root_job=root,
-            variations=body.variations,
-            seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 64),
-        )
-        if body.sampling is not None:
-            request["sampling"] = body.sampling.model_dump()
-        sample_config(request["sampling"])
-        return _job_out(
-            jobs.submit(session, upload_id, "more", request, parent["base_version"], parent_job=job_id)
-        )
-
-    @app.get("/api/uploads/{upload_id}/jobs", response_model=list[S.JobOut], tags=["jobs"], responses=errors)
-    def list_jobs(upload_id: str, session: str = Depends(session_of)) -> list[dict]:
-        """Every job of an upload with its variations (oldest first)."""
-        return [_job_out(j) for j in jobs.list(session, upload_id)]
-
-    @app.get(
-        "/api/uploads/{upload_id}/jobs/{job_id}", response_model=S.JobOut, tags=["jobs"], responses=errors
-    )
-    def get_job(upload_id: str, job_id: str, session: str = Depends(session_of)) -> dict:
-        """A job's status, progress and finished variations (poll this, or use /events)."""
-        return _job_out(jobs.get(session, upload_id, job_id))
-
-    @app.post(
-        "/api/uploads/{upload_id}/jobs/{job_id}/cancel",
-        response_model=S.JobOut,
-        tags=["jobs"],
-        responses=errors,
-    )
-    def cancel_job(upload_id: str, job_id: str, session: str = Depends(session_of)) -> dict:
-        """Cancel a queued or running job (takes effect within one model step)."""
-        return _job_out(jobs.cancel(session, upload_id, job_id))
-
-    @app.get(
-        "/api/uploads/{upload_id}/jobs/{job_id}/events",
-        tags=["jobs"],
-        responses=errors | {200: {"content": {"text/event-stream": {}}}},
-    )
-    async def job_events(
-        upload_id: str, job_id: str, request: Request, session: str = Depends(session_of)
-    ) -> StreamingResponse:
-        """Server-sent events: one ``job`` event (a JobOut) per change, the last one when the job ends."""
-        jobs.get(session, upload_id, job_id)
-
-        async def stream():
-            last = None
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + EVENT_MAX_S
-            while loop.time() < deadline and not await request.is_disconnected():
-                job = _job_out(await asyncio.to_thread(jobs.get, session, upload_id, job_id))
-                text = json.dumps(job)
-                if text != last:
-                    last = text
-                    yield f"event: job\ndata: {text}\n\n"
-                if job["status"] in S.JOB_FINAL:
-                    return
-                await asyncio.sleep(EVENT_POLL_S)
-
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
-
-    @app.get(
-        "/api/uploads/{upload_id}/jobs/{job_id}/variations/{variation}/midi",
-        tags=["jobs"],
-        responses=errors | {200: {"content": {"audio/midi": {}}}},
-    )
-    def variation_midi(upload_id: str, job_id: str, variation: int, session: str = Depends(session_of)):
-        """One variation as a whole MIDI file (the song with the span replaced)."""
-        meta = storage.upload_meta(session, upload_id)
-        path = jobs.variation_path(session, upload_id, job_id, variation)
-        return FileResponse(
-            path,
-            media_type="audio/midi",
-            filename=_download_name(meta["filename"], f"{job_id[:6]}_var{variation}"),
-        )
-
-    @app.get(
-        "/api/uploads/{upload_id}/jobs/{job_id}/variations/{variation}/notes",
-        response_model=S.NotesOut,
-        tags=["jobs"],
-        responses=errors,
-    )
-    def variation_notes(
-        upload_id: str, job_id: str, variation: int, session: str = Depends(session_of)
-    ) -> dict:
-        """A variation's notes (the same view as the song's)."""
-        return describer.notes(jobs.variation_path(session, upload_id, job_id, variation))
-
-    from midirwkv.server.live import register_live  # the live loop and streamed variations (issue 20)
-
-    register_live(app, storage=storage, engine=engine, session_of=session_of, errors=errors)
-
-    from midirwkv.server.oneshot import register_oneshot  # one request for DAW scripts (issue 21)
-    register_oneshot(app, max_upload_bytes=max_upload_bytes, job_out=_job_out, check_midi=_check_midi, error=_error,
-                     session_header=SESSION_HEADER, session_cookie=SESSION_COOKIE)
+    # ---------------------------------------------------------------------------------------- the routes
+    ctx = Context(storage=storage, jobs=jobs, engine=engine, describer=describer, limits=limits, errors=errors,
+                  session_of=session_of, max_upload_bytes=max_upload_bytes)
+    register_uploads(app, ctx)          # routes_uploads.py: songs, versions, notes, accept, undo, redo
+    register_jobs(app, ctx)             # routes_jobs.py: infill and add-track jobs, their events and variations
+    register_live(app, storage=storage, engine=engine, session_of=session_of, errors=errors)   # live.py: loops
+    register_oneshot(app, max_upload_bytes=max_upload_bytes, job_out=job_out, check_midi=check_midi,
+                     error=error_response, session_header=SESSION_HEADER, session_cookie=SESSION_COOKIE)  # DAWs
 
     # ---------------------------------------------------------------------------------------- page
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -705,20 +251,6 @@ def _plain_docs(spec: dict) -> str:
         f"<table><thead><tr><th>method</th><th>path</th><th>summary</th></tr></thead><tbody>{''.join(rows)}"
         "</tbody></table></main></body></html>"
     )
-
-
-def _check_midi(data: bytes, vocab) -> None:
-    """Parse and tokenise uploaded bytes (BadMidiError / BadRequestError when the engine cannot use them)."""
-    from midirwkv.music.remi import encode_score, load_score
-
-    st = encode_score(load_score(data), vocab)
-    if not st.tracks:
-        raise BadMidiError(
-            "no track has notes the model can read",
-            argument="body",
-            value=None,
-            fix="upload a file with pitched or drum notes in the piano range",
-        )
 
 
 def serve(
