@@ -142,19 +142,19 @@ def test_blend_equals_the_weighted_state(ckpt, tmp_path):
 
 
 def test_infill_with_style_starts_from_the_state(ckpt, tmp_path, monkeypatch):
-    from midirwkv.infer import api
+    from midirwkv.infer import api, pipeline
 
     engine = api.load_engine(ckpt, threads=1)
     a = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(3))
     path = istyle.save_style(tmp_path / "a.safetensors", a, engine.model, engine.vocab)
     seen = []
-    real = api.InfillSession
+    real = pipeline.InfillSession
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("init_state"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "InfillSession", spy)
+    monkeypatch.setattr(pipeline, "InfillSession", spy)
     song = SONGS / "318.mid"
     kwargs = {"track": 0, "bars": "5-5", "seed": 4, "engine": engine, "context": 2}
     _, report = api.infill(song, **kwargs)

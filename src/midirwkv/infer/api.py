@@ -21,17 +21,16 @@ from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
 from midirwkv.files import atomic_path
 from midirwkv.infer.generate import GeneratedSpan, Grammar
+from midirwkv.infer.pipeline import open_span, open_track, span_checker, splice_span, splice_written_track
 from midirwkv.infer.reports import (
     BarReport,
     Report,
     SpanReport,
     VariationReport,
-    empty_bar,
     free_bar,
     missed_fields,
     span_report,
 )
-from midirwkv.infer.session import InfillSession, TrackSession
 from midirwkv.infer.style import resolve_style
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
@@ -420,15 +419,6 @@ def _check_track(track: object, argument: str = "track") -> int:
     return int(track)
 
 
-def _track_tokens(st, track: int, argument: str = "track"):
-    for tt in st.tracks:
-        if tt.index == track:
-            return tt
-    valid = [tt.index for tt in st.tracks]
-    raise BadRequestError("no track with notes at that index", argument=argument, value=track,
-                          fix=f"use one of {valid} (see `midirwkv inspect`)")
-
-
 def _span_controls(tt, start: int, end: int, span: Span, density, polyphony, durations, free: bool) -> list:
     """Per-bar ``BarControls`` asked for a span: the original's (or free), overridden by the arguments."""
     from midirwkv.music.controls import BarControls
@@ -463,7 +453,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     tokenizer file works too). ``style`` (a style file, or ``[(path, weight), ...]`` for a convex blend of learned
     states, or one LoRA adapter file; see ``infer.style``) sets the state the prompt is read from.
     """
-    from midirwkv.music.infill import InfillRequest, build_prompt, splice
+    from midirwkv.music.infill import InfillRequest
     from midirwkv.music.remi import encode_score
 
     say = progress or _quiet
@@ -497,7 +487,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     # every span as (track, start, end, controls), validated before any generation
     plan = []
     for sp in spans:
-        tt = _track_tokens(st, sp.track)
+        tt = st.track(sp.track)
         for start, end in parse_bar_ranges(sp.bars):
             if end > n_bars:
                 raise BadRequestError("bars beyond the end of the file", argument="bars", value=sp.bars,
@@ -518,16 +508,15 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
         groups = [list(range(variations))] if s_index == 0 else [[i] for i in range(variations)]
         for group in groups:
             g_score, g_st = current[group[0]]
-            tt = _track_tokens(g_st, trk)
+            tt = g_st.track(trk)
             t1 = time.perf_counter()
-            prompt = build_prompt(vocab, g_st, req, engine.layout)
-            session = InfillSession(run_model, vocab, prompt, is_drum=tt.is_drum,
-                                    grammar=engine.grammar(tt.is_drum), init_state=init_state)
+            session = open_span(engine, g_st, req, model=run_model, init_state=init_state)
+            prompt = session.prompt
             t2 = time.perf_counter()
             timings["prefill"] += t2 - t1
             say(f"prompt {len(prompt.ids)} tokens (bars {prompt.window[0] + 1}-{prompt.window[1]} as context), "
                 f"prefill {t2 - t1:.2f}s")
-            checker = make_checker(vocab, g_score, g_st, tt, start, asked) if cfg.control_retries else None
+            checker = span_checker(engine, g_score, g_st, req, asked, cfg)
             span_seed = seed + group[0] + s_index * variations
             outs = session.generate(len(group), cfg, span_seed, checker=checker)
             t3 = time.perf_counter()
@@ -535,9 +524,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
             say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
                 f"({len(group)} variation{'s' if len(group) > 1 else ''})")
             for i, out in zip(group, outs):
-                new_score = splice(g_score, g_st, req, out.bars, vocab)
-                # on the original grid: the result may have lost its last notes, never its bars
-                new_st = encode_score(new_score, vocab, grid=(g_st.bar_ticks, g_st.time_sigs))
+                new_score, new_st = splice_span(engine, g_score, g_st, req, out)
                 current[i] = (new_score, new_st)
                 results[i].spans.append(span_report(new_st, trk, start, end, asked, out, len(prompt.ids),
                                                      prompt.window, t3 - t2, tt.is_drum))
@@ -624,7 +611,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     track controls is written again with a later seed, the closest kept; its report gives the seed used).
     ``source`` (path, bytes or ``symusic.Score``) is never modified. ``style``: as in :func:`infill`.
     """
-    from midirwkv.music.infill import TrackRequest, build_track_prompt, track_controls_of
+    from midirwkv.music.infill import TrackRequest, track_controls_of
     from midirwkv.music.remi import encode_score
 
     say = progress or _quiet
@@ -657,7 +644,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
                               value=str(source) if isinstance(source, (str, Path)) else type(source).__name__,
                               fix="use a MIDI file with at least one track of notes")
     if regenerate is not None:
-        tt = _track_tokens(st, regenerate, "regenerate")
+        tt = st.track(regenerate, "regenerate")
         is_drum, target = tt.is_drum, tt.index
         base = controls if controls is not None else (None if free_controls else track_controls_of(st, tt, vocab))
     else:
@@ -668,8 +655,8 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     req = TrackRequest(track=regenerate, program=program, controls=asked, name=name,
                        max_prompt_tokens=max_prompt_tokens or ADD_TRACK_MAX_PROMPT_TOKENS)
     t1 = time.perf_counter()
-    prompt = build_track_prompt(vocab, st, req)
-    session = TrackSession(run_model, vocab, prompt, grammar=engine.grammar(is_drum), init_state=init_state)
+    session = open_track(engine, st, req, model=run_model, init_state=init_state)
+    prompt = session.prompt
     t2 = time.perf_counter()
     timings["prefill"] = t2 - t1
     what = f"regenerating track {regenerate}" if regenerate is not None else \
@@ -682,7 +669,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     timings["generate"] = t3 - t2
     say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
         f"({variations} variation{'s' if variations > 1 else ''} of {n_bars} bars)")
-    results = [_track_result(score, st, req, out, target, asked, vocab) for out in outs]
+    results = [_track_result(engine, score, st, req, out, target, asked) for out in outs]
     for attempt in range(1, cfg.control_retries + 1):
         redo = [i for i, r in enumerate(results) if r[2]]
         if not redo:
@@ -691,7 +678,7 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
         again = session.generate(len(redo), cfg, seeds=[seed + attempt * variations + i for i in redo],
                                  require_notes=require_notes)
         for i, out in zip(redo, again):
-            candidate = _track_result(score, st, req, out, target, asked, vocab)
+            candidate = _track_result(engine, score, st, req, out, target, asked)
             if len(candidate[2]) < len(results[i][2]):
                 results[i] = candidate
     timings["generate"] = time.perf_counter() - t2
@@ -710,15 +697,13 @@ def add_track(source, program: int | None = None, *, regenerate: int | None = No
     return variations_out[0].score, Report(variations=variations_out, timings=timings)
 
 
-def _track_result(score, st, req, out: GeneratedSpan, target: int, asked, vocab):
+def _track_result(engine, score, st, req, out: GeneratedSpan, target: int, asked):
     """(new score, achieved TrackControls or None, missed names, new ScoreTokens, the generated span)."""
-    from midirwkv.music.infill import splice_track, track_controls_of
-    from midirwkv.music.remi import encode_score
+    from midirwkv.music.infill import track_controls_of
 
-    new_score = splice_track(score, st, req, out.bars, vocab)
-    new_st = encode_score(new_score, vocab, grid=(st.bar_ticks, st.time_sigs))    # the original's bars
+    new_score, new_st = splice_written_track(engine, score, st, req, out)       # on the original's bars
     tt = next((t for t in new_st.tracks if t.index == target), None)
-    achieved = track_controls_of(new_st, tt, vocab) if tt is not None else None
+    achieved = track_controls_of(new_st, tt, engine.vocab) if tt is not None else None
     missed = missed_fields(asked, achieved)
     return new_score, achieved, missed, new_st, out
 
@@ -764,22 +749,3 @@ def apply_overrides(controls, *, density: int | None = None, polyphony=None, dur
                 flag = name in wanted
                 changes[field_name] = type(current)(flag) if isinstance(current, (bool, int)) else int(flag)
     return replace(controls, **changes)
-
-
-def make_checker(vocab, score, st, tt, start: int, asked: list) -> Callable[[int, list[int]], int]:
-    """``checker(j, bar_base_ids) -> number of asked controls that bar ``start + j`` misses``.
-
-    Measures exactly as the report does: the bar is spliced into ``score`` and its controls read back by
-    the music layer, so re-sampling and reporting never disagree.
-    """
-    from midirwkv.music.infill import InfillRequest, splice
-    from midirwkv.music.remi import encode_score
-
-    def check(j: int, bar_ids: list[int]) -> int:
-        req = InfillRequest(track=tt.index, start=start + j, end=start + j + 1, controls=[asked[j]])
-        spliced = encode_score(splice(score, st, req, [bar_ids], vocab), vocab, grid=(st.bar_ticks, st.time_sigs))
-        measured = next((t for t in spliced.tracks if t.index == tt.index), None)   # None: the bar left it empty
-        achieved = measured.controls[start + j] if measured is not None else empty_bar(tt.is_drum)
-        return len(missed_fields(asked[j], achieved))
-
-    return check

@@ -37,7 +37,8 @@ from pathlib import Path
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.infer.generate import GeneratedSpan
-from midirwkv.infer.session import InfillSession
+from midirwkv.infer.pipeline import open_span, span_checker, splice_span
+from midirwkv.infer.reports import empty_bar, missed_fields
 
 Note = tuple[int, int, int, int]
 """(start tick, duration ticks, pitch, velocity) in the song's ticks."""
@@ -176,7 +177,7 @@ class LoopSession:
                  max_prompt_tokens: int | None = None):
         from midirwkv.infer import api
         from midirwkv.infer.style import resolve_style
-        from midirwkv.music.infill import InfillRequest, build_prompt
+        from midirwkv.music.infill import InfillRequest
         from midirwkv.music.remi import encode_score
 
         self.engine = engine or api.load_engine(model, threads=threads)
@@ -188,7 +189,7 @@ class LoopSession:
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         self.score, _ = api._load(source)
         self.st = encode_score(self.score, self.vocab)
-        self.tt = api._track_tokens(self.st, track)
+        self.tt = self.st.track(track)
         ranges = api.parse_bar_ranges(bars)
         if len(ranges) != 1:
             raise BadRequestError("a loop is one range of bars", argument="bars", value=bars,
@@ -206,9 +207,8 @@ class LoopSession:
         self.controls: list = self.check_controls(controls)
         self.sample: SampleConfig = self._check_sample(sample)
         run_model, init_state = resolve_style(self.engine.model, self.vocab, style)
-        self.prompt = build_prompt(self.vocab, self.st, self.request, self.engine.layout)
-        self.session = InfillSession(run_model, self.vocab, self.prompt, is_drum=self.tt.is_drum,
-                                     grammar=self.engine.grammar(self.tt.is_drum), init_state=init_state)
+        self.session = open_span(self.engine, self.st, self.request, model=run_model, init_state=init_state)
+        self.prompt = self.session.prompt
         self.passes = 0
         """Variations started so far (the next one is pass ``passes + 1``)."""
 
@@ -330,11 +330,8 @@ class LoopSession:
         (``first<row>``) and at the end (``done``).
         """
         started = marks["start"] = time.perf_counter()
-        from midirwkv.infer.api import make_checker
-
         ctrl_ids = [self.vocab.ids(c.to_tokens(self.tt.is_drum)) for c in asked]
-        checker = (make_checker(self.vocab, self.score, self.st, self.tt, self.start, asked)
-                   if cfg.control_retries else None)
+        checker = span_checker(self.engine, self.score, self.st, self.request, asked, cfg)
         steps = self.session.generator.iter_run(self.session.state, self.session.headers, ctrl_ids, cfg, seeds,
                                                 checker, context_pitches=self.session.context_pitches)
         while True:
@@ -368,19 +365,15 @@ class LoopSession:
         """Splice one generated span into the song and measure its bars."""
         import symusic
 
-        from midirwkv.infer.api import _empty_bar, _missed
-        from midirwkv.music.infill import splice
-        from midirwkv.music.remi import encode_score
-
         done = marks.get("done", time.perf_counter())
         started = marks.get("start", done)
-        new_score = splice(self.score, self.st, self.request, out.bars, self.vocab)
-        new_st = encode_score(new_score, self.vocab, grid=(self.st.bar_ticks, self.st.time_sigs))
+        new_score, new_st = splice_span(self.engine, self.score, self.st, self.request, out)
         tt = next((t for t in new_st.tracks if t.index == self.track), None)    # None: the track came out empty
         reports = []
         for j, bar in enumerate(range(self.start, self.end)):
-            achieved = tt.controls[bar] if tt is not None else _empty_bar(self.tt.is_drum)
-            reports.append(BarResult(bar=bar + 1, asked=asked[j], achieved=achieved, missed=_missed(asked[j], achieved)))
+            achieved = tt.controls[bar] if tt is not None else empty_bar(self.tt.is_drum)
+            reports.append(BarResult(bar=bar + 1, asked=asked[j], achieved=achieved,
+                                     missed=missed_fields(asked[j], achieved)))
         t0, t1 = self.span_ticks
         midi = new_score.dumps_midi()
         written = symusic.Score.from_midi(midi)       # MIDI keeps one note-on/off pair per pitch: read it back

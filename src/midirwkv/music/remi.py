@@ -66,12 +66,12 @@ class ScoreTokens:
     def n_bars(self) -> int:
         return len(self.bar_ticks) - 1
 
-    def track(self, index: int) -> TrackTokens:
-        """The track whose Score index is ``index`` (BadRequestError when it has no notes or does not exist)."""
+    def track(self, index: int, argument: str = "track") -> TrackTokens:
+        """The track at Score index ``index``; the one track check (BadRequestError naming ``argument``)."""
         for t in self.tracks:
             if t.index == index:
                 return t
-        raise BadRequestError("no track with notes at that index", argument="track", value=index,
+        raise BadRequestError("no track with notes at that index", argument=argument, value=index,
                               fix=f"use one of {[t.index for t in self.tracks]} (see `midirwkv inspect`)")
 
 

@@ -172,9 +172,7 @@ class JobManager:
     ) -> dict:
         """Create, persist and queue a job; returns its record."""
         if self._stop.is_set():
-            raise ConflictError(
-                "the server is shutting down", argument="job", value=None, fix="retry in a moment"
-            )
+            raise ConflictError("the server is shutting down", argument="job", value=None, fix="retry in a moment")
         limit = self.storage.limits.max_queued
         with self._lock:
             if len(self._order) >= self.max_queue:
@@ -366,9 +364,7 @@ class JobManager:
         elif kind == "more":
             cached = self._cached_for(job_id, job, cancel)
         else:
-            raise BadRequestError(
-                "unknown job kind", argument="kind", value=kind, fix="use infill, add_track or more"
-            )
+            raise BadRequestError("unknown job kind", argument="kind", value=kind, fix="use infill, add_track or more")
         cfg = sample_config(job["request"]["sampling"])
         self._generate(job_id, job, cancel, cached, cfg)
 
@@ -381,24 +377,20 @@ class JobManager:
 
     def _prepare_infill(self, job_id: str, job: dict, cancel: threading.Event, key: tuple) -> _Cached:
         """Read the song, build the prompt and prefill it (cached under ``key``)."""
-        from midirwkv.infer.session import InfillSession
-        from midirwkv.music.infill import build_prompt, validate_request
+        from midirwkv.infer.pipeline import open_span
+        from midirwkv.music.infill import validate_request
 
         req_in = job["request"] if job["kind"] == "infill" else None
         if req_in is None:
-            raise ConflictError(
-                "internal: prompt of a non-infill job", argument="kind", value=job["kind"], fix="report this"
-            )
+            raise ConflictError("internal: prompt of a non-infill job", argument="kind", value=job["kind"],
+                                fix="report this")
         self._set(job_id, message="reading the song")
         score, st = self._load_version(job)
         req = infill_request(req_in)
-        tt, asked = validate_request(st, req)
-        prompt = build_prompt(self.vocab, st, req, self.engine.layout)
-        self._set(job_id, message=f"reading the prompt ({len(prompt.ids)} tokens)")
+        _, asked = validate_request(st, req)
         self.model.hook = self._hook(cancel)
-        session = InfillSession(
-            self.model, self.vocab, prompt, is_drum=tt.is_drum, grammar=self.engine.grammar(tt.is_drum)
-        )
+        session = open_span(self.engine, st, req, model=self.model, before_read=lambda prompt: self._set(
+            job_id, message=f"reading the prompt ({len(prompt.ids)} tokens)"))
         self.stats["prefills"] += 1
         cached = _Cached(session=session, request=req, score=score, st=st, asked=asked)
         self._keep(key, cached)
@@ -413,16 +405,14 @@ class JobManager:
 
     def _prepare_track(self, job_id: str, job: dict, cancel: threading.Event, key: tuple) -> _Cached:
         """Read the song, build the track prompt and prefill the other tracks (cached under ``key``)."""
-        from midirwkv.infer.session import TrackSession
-        from midirwkv.music.infill import build_track_prompt
+        from midirwkv.infer.pipeline import open_track
 
         self._set(job_id, message="reading the song")
         score, st = self._load_version(job)
         req, asked, target = track_request(st, job["request"], self.vocab, n_tracks=len(score.tracks))
-        prompt = build_track_prompt(self.vocab, st, req)
-        self._set(job_id, message=f"reading the other tracks ({len(prompt.ids)} tokens)")
         self.model.hook = self._hook(cancel)
-        session = TrackSession(self.model, self.vocab, prompt, grammar=self.engine.grammar(prompt.is_drum))
+        session = open_track(self.engine, st, req, model=self.model, before_read=lambda prompt: self._set(
+            job_id, message=f"reading the other tracks ({len(prompt.ids)} tokens)"))
         self.stats["prefills"] += 1
         cached = _Cached(
             session=session, request=req, score=score, st=st, asked=asked, kind="add_track", target=target
@@ -459,9 +449,7 @@ class JobManager:
     def _generate(
         self, job_id: str, job: dict, cancel: threading.Event, cached: _Cached, cfg: SampleConfig
     ) -> None:
-        from midirwkv.infer.api import make_checker
-        from midirwkv.music.infill import splice, splice_track
-        from midirwkv.music.remi import encode_score
+        from midirwkv.infer.pipeline import span_checker, splice_span, splice_written_track
 
         req = cached.request
         n = int(job["request"]["variations"])
@@ -473,11 +461,7 @@ class JobManager:
             expected = cached.st.n_bars * (4 + 3 * per_bar)
         else:
             tt = cached.st.track(req.track)
-            checker = (
-                make_checker(self.vocab, cached.score, cached.st, tt, req.start, cached.asked)
-                if cfg.control_retries
-                else None
-            )
+            checker = span_checker(self.engine, cached.score, cached.st, req, cached.asked, cfg)
             # rough decoding steps of one batch: a few tokens per requested note plus each bar's header/controls
             expected = sum(12 + 3 * (c.density if c.density is not None else 8) for c in cached.asked)
         steps = [0]
@@ -507,14 +491,10 @@ class JobManager:
             records = []
             for k, out in enumerate(outs):
                 number = done + k + 1
-                if track:
-                    new_score = splice_track(cached.score, cached.st, req, out.bars, self.vocab)
-                else:
-                    new_score = splice(cached.score, cached.st, req, out.bars, self.vocab)
+                splice_result = splice_written_track if track else splice_span
+                new_score, new_st = splice_result(self.engine, cached.score, cached.st, req, out)
                 name = f"var_{number}.mid"
                 self.storage.write_bytes(folder / name, new_score.dumps_midi())
-                # on the original grid: a result that lost its last notes keeps its bars for the report
-                new_st = encode_score(new_score, self.vocab, grid=(cached.st.bar_ticks, cached.st.time_sigs))
                 record = {
                     "variation": number,
                     "seed": out.seed,
@@ -584,14 +564,7 @@ def track_request(st, req_in: dict, vocab, n_tracks: int | None = None):
     given = req_in.get("controls")
     regenerate = req_in.get("regenerate")
     if regenerate is not None:
-        tt = next((t for t in st.tracks if t.index == regenerate), None)
-        if tt is None:
-            raise BadRequestError(
-                "no track with notes at that index",
-                argument="regenerate",
-                value=regenerate,
-                fix=f"use one of {[t.index for t in st.tracks]}",
-            )
+        tt = st.track(regenerate, "regenerate")
         is_drum, target = tt.is_drum, tt.index
         base = TrackControls(**given) if given is not None else track_controls_of(st, tt, vocab)
     else:

@@ -141,10 +141,7 @@ def register_oneshot(app: "FastAPI", *, max_upload_bytes: int, job_out: Callable
         if body.last_bar > n_bars:
             raise BadRequestError("bars beyond the end of the song", argument="last_bar", value=body.last_bar,
                                   fix=f"the song has bars 1-{n_bars}")
-        track = next((t for t in st.tracks if t.index == body.track), None)
-        if track is None:
-            raise BadRequestError("no track with notes at that index", argument="track", value=body.track,
-                                  fix=f"use one of {[t.index for t in st.tracks]}")
+        track = st.track(body.track)
         request = body.model_dump()
         request["controls"] = _controls(track, body.first_bar, body.last_bar, **controls_args)
         request["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31 - 64)
