@@ -20,6 +20,9 @@ from midirwkv.config import PROMPT_LAYOUTS, SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.infer.api import parse_bar_ranges, parse_durations, parse_int_range
 from midirwkv.infer.style import parse_style_args
+from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
+
+POLY_TEXT = f"{POLY_RANGE[0]}..{POLY_RANGE[1]}"
 
 INFILL_EXAMPLES = """examples:
   midirwkv inspect song.mid
@@ -94,8 +97,9 @@ def _add_sampling_options(p: argparse.ArgumentParser, pitch_prior: bool = False)
 
 def _add_control_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("per-bar controls (applied to every filled bar)")
-    g.add_argument("--density", type=int, metavar="N", help="notes per bar, 0..18 (18 means 18 or more)")
-    g.add_argument("--polyphony", metavar="MIN-MAX", help="notes starting together, 1..6, e.g. 1-3")
+    g.add_argument("--density", type=int, metavar="N",
+                   help=f"notes per bar, 0..{DENSITY_MAX} ({DENSITY_MAX} means {DENSITY_MAX} or more)")
+    g.add_argument("--polyphony", metavar="MIN-MAX", help=f"notes starting together, {POLY_TEXT}, e.g. 1-3")
     g.add_argument("--durations", metavar="LIST",
                    help="note lengths that occur: comma list of whole,half,quarter,eighth,sixteenth (or none)")
     g.add_argument("--free-controls", action="store_true",
@@ -144,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.mid", help="output file (default: IN_add_<instrument>.mid)")
     p.add_argument("--report", metavar="REPORT.json", help="also write the control report as JSON")
     g = p.add_argument_group("track controls (of the whole written track)")
-    g.add_argument("--density", metavar="N|MIN-MAX", help="notes per bar, 0..18 (18 means 18 or more), e.g. 4-10")
-    g.add_argument("--polyphony", metavar="MIN-MAX", help="notes starting together, 1..6, e.g. 1-3")
+    g.add_argument("--density", metavar="N|MIN-MAX",
+                   help=f"notes per bar, 0..{DENSITY_MAX} ({DENSITY_MAX} means {DENSITY_MAX} or more), e.g. 4-10")
+    g.add_argument("--polyphony", metavar="MIN-MAX", help=f"notes starting together, {POLY_TEXT}, e.g. 1-3")
     g.add_argument("--durations", metavar="LIST", help="note lengths that occur: comma list of whole,half,"
                                                       "quarter,eighth,sixteenth,thirtysecond (or none)")
     g.add_argument("--repetition", type=int, metavar="0..9", help="share of bars repeating one of the 4 before")
@@ -305,11 +310,11 @@ def _spans(args: argparse.Namespace) -> list[tuple[int, str]]:
 
 def _check_controls(args: argparse.Namespace) -> None:
     """Reject bad control values before any model is loaded."""
-    if args.density is not None and not 0 <= args.density <= 18:
-        raise BadRequestError("--density must be 0..18 (18 means 18 or more notes)", argument="--density",
-                              value=args.density, fix="e.g. --density 6")
+    if args.density is not None and not 0 <= args.density <= DENSITY_MAX:
+        raise BadRequestError(f"--density must be 0..{DENSITY_MAX} ({DENSITY_MAX} means {DENSITY_MAX} or more notes)",
+                              argument="--density", value=args.density, fix="e.g. --density 6")
     if args.polyphony is not None:
-        parse_int_range(args.polyphony, "--polyphony", 1, 6)
+        parse_int_range(args.polyphony, "--polyphony", *POLY_RANGE)
     if args.durations is not None:
         parse_durations(args.durations, "--durations")
     if args.variations < 1:

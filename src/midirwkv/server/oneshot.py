@@ -20,6 +20,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from midirwkv.errors import BadMidiError, BadRequestError, MidiRwkvError
+from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -51,12 +52,12 @@ def bar_controls(items: object, n_bars: int, argument: str = "controls") -> list
         values: dict = {}
         density = item.get("density")
         if density is not None:
-            if not isinstance(density, int) or isinstance(density, bool) or not 0 <= density <= 18:
-                raise BadRequestError("density must be 0..18 (18 means 18 or more notes)", argument=where,
-                                      value=density, fix="e.g. 6")
+            if not isinstance(density, int) or isinstance(density, bool) or not 0 <= density <= DENSITY_MAX:
+                raise BadRequestError(f"density must be 0..{DENSITY_MAX} ({DENSITY_MAX} means that many or more)",
+                                      argument=where, value=density, fix="e.g. 6")
             values["density"] = density
         if item.get("polyphony") is not None:
-            values["poly_min"], values["poly_max"] = parse_int_range(item["polyphony"], where, 1, 6)
+            values["poly_min"], values["poly_max"] = parse_int_range(item["polyphony"], where, *POLY_RANGE)
         if item.get("durations") is not None:
             wanted = parse_durations(item["durations"], where)
             values.update({f"dur_{name}": name in wanted for name in DURATION_NAMES})

@@ -11,8 +11,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from midirwkv.config import MAX_CANDIDATES, SampleConfig
+from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE, REPETITION_BINS
 
 _SAMPLE = SampleConfig()
+_POLY = f"{POLY_RANGE[0]}..{POLY_RANGE[1]}"
 """The sampling defaults (their one definition is ``SampleConfig``)."""
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -39,9 +41,12 @@ class SessionOut(BaseModel):
 class BarControlsModel(_Strict):
     """The 8 per-bar controls; a field left null is free (no control token is fed for it)."""
 
-    poly_min: int | None = Field(None, ge=1, le=6, description="fewest notes starting together (1..6)")
-    poly_max: int | None = Field(None, ge=1, le=6, description="most notes starting together (1..6)")
-    density: int | None = Field(None, ge=0, le=18, description="notes starting in the bar, 18 = 18 or more")
+    poly_min: int | None = Field(None, ge=POLY_RANGE[0], le=POLY_RANGE[1],
+                                 description=f"fewest notes starting together ({_POLY})")
+    poly_max: int | None = Field(None, ge=POLY_RANGE[0], le=POLY_RANGE[1],
+                                 description=f"most notes starting together ({_POLY})")
+    density: int | None = Field(None, ge=0, le=DENSITY_MAX,
+                                description=f"notes starting in the bar, {DENSITY_MAX} = that many or more")
     dur_whole: bool | None = None
     dur_half: bool | None = None
     dur_quarter: bool | None = None
@@ -185,17 +190,21 @@ class InfillIn(_Strict):
 class TrackControlsModel(_Strict):
     """Controls of a whole written track; a field left null is free. Drum tracks take the densities only."""
 
-    poly_min: int | None = Field(None, ge=1, le=6, description="fewest notes starting together (1..6)")
-    poly_max: int | None = Field(None, ge=1, le=6, description="most notes starting together (1..6)")
-    density_min: int | None = Field(None, ge=0, le=18, description="fewest notes in a bar (first to last note)")
-    density_max: int | None = Field(None, ge=0, le=18, description="most notes in a bar, 18 = 18 or more")
+    poly_min: int | None = Field(None, ge=POLY_RANGE[0], le=POLY_RANGE[1],
+                                 description=f"fewest notes starting together ({_POLY})")
+    poly_max: int | None = Field(None, ge=POLY_RANGE[0], le=POLY_RANGE[1],
+                                 description=f"most notes starting together ({_POLY})")
+    density_min: int | None = Field(None, ge=0, le=DENSITY_MAX, description="fewest notes in a bar (first to last note)")
+    density_max: int | None = Field(None, ge=0, le=DENSITY_MAX,
+                                      description=f"most notes in a bar, {DENSITY_MAX} = that many or more")
     dur_whole: bool | None = None
     dur_half: bool | None = None
     dur_quarter: bool | None = None
     dur_eighth: bool | None = None
     dur_sixteenth: bool | None = None
     dur_thirtysecond: bool | None = None
-    repetition: int | None = Field(None, ge=0, le=9, description="share of bars repeating one of the 4 before")
+    repetition: int | None = Field(None, ge=0, le=REPETITION_BINS - 1,
+                                     description="share of bars repeating one of the 4 before")
 
 
 class AddTrackIn(_Strict):
