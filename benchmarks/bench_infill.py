@@ -29,7 +29,7 @@ import torch
 
 from midirwkv.config import ModelConfig, SampleConfig
 from midirwkv.errors import MidiRwkvError
-from midirwkv.infer import api
+from midirwkv.infer import api, requests
 from midirwkv.infer.session import InfillSession
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def measure(label: str, engine: api.Engine, path: Path, track: int, bars: str, c
     from midirwkv.music.remi import encode_score, load_score
 
     st = encode_score(load_score(path), engine.vocab)
-    start, end = api.parse_bar_ranges(bars)[0]
+    start, end = requests.parse_bar_ranges(bars)[0]
     req = InfillRequest(track=track, start=start, end=end, context_bars=context)
     prompt = build_prompt(engine.vocab, st, req)
     tt = next(t for t in st.tracks if t.index == track)

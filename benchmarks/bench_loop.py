@@ -37,7 +37,7 @@ import torch
 
 from midirwkv.config import ModelConfig, SampleConfig
 from midirwkv.files import atomic_path
-from midirwkv.infer import api
+from midirwkv.infer import api, requests
 from midirwkv.infer.stream import LoopSession
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def measure_http(engine: api.Engine, path: Path, track: int, bars: str, context:
 
     from midirwkv.server.app import create_app
 
-    first_bar, last_bar = api.parse_bar_ranges(bars)[0]
+    first_bar, last_bar = requests.parse_bar_ranges(bars)[0]
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as tmp:
         app = create_app(tmp, engine, threads=threads)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))

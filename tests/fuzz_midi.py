@@ -452,7 +452,7 @@ class BrokenInvariant(Exception):
 
 
 def _check_result(score, report, args: dict, st) -> None:
-    from midirwkv.infer.api import parse_bar_ranges
+    from midirwkv.infer.requests import parse_bar_ranges
 
     midi = score.dumps_midi()
     if not isinstance(midi, bytes) or not midi.startswith(b"MThd"):

@@ -9,7 +9,7 @@ import pytest
 
 from midirwkv import cli, cli_common
 from midirwkv.errors import BadRequestError
-from midirwkv.infer import api
+from midirwkv.infer import api, requests
 
 
 def run(argv, capsys):
@@ -99,21 +99,21 @@ def test_missing_default_model_says_how_to_get_one(tmp_path, capsys, monkeypatch
 
 
 def test_parse_bar_ranges():
-    assert api.parse_bar_ranges("9-12") == [(8, 12)]
-    assert api.parse_bar_ranges("17-20,1") == [(0, 1), (16, 20)]
-    assert api.parse_bar_ranges((9, 12)) == [(8, 12)]
+    assert requests.parse_bar_ranges("9-12") == [(8, 12)]
+    assert requests.parse_bar_ranges("17-20,1") == [(0, 1), (16, 20)]
+    assert requests.parse_bar_ranges((9, 12)) == [(8, 12)]
     for bad in ("0-2", "3-1", "1-4,2-5", "a-b", ""):
         with pytest.raises(BadRequestError):
-            api.parse_bar_ranges(bad)
+            requests.parse_bar_ranges(bad)
 
 
 def test_parse_controls():
-    assert api.parse_int_range("1-3", "polyphony", 1, 6) == (1, 3)
-    assert api.parse_int_range("2", "polyphony", 1, 6) == (2, 2)
-    assert api.parse_durations("quarter,Eighth") == frozenset({"quarter", "eighth"})
-    assert api.parse_durations("none") == frozenset()
+    assert requests.parse_int_range("1-3", "polyphony", 1, 6) == (1, 3)
+    assert requests.parse_int_range("2", "polyphony", 1, 6) == (2, 2)
+    assert requests.parse_durations("quarter,Eighth") == frozenset({"quarter", "eighth"})
+    assert requests.parse_durations("none") == frozenset()
     with pytest.raises(BadRequestError):
-        api.parse_int_range("0-7", "polyphony", 1, 6)
+        requests.parse_int_range("0-7", "polyphony", 1, 6)
 
 
 def test_output_names(tmp_path):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import symusic
+from model_helpers import tiny_engine
 
 from midirwkv import cli
 from midirwkv.infer import api
 from midirwkv.music.remi import ScoreLimits, load_score
-from model_helpers import tiny_engine
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -129,12 +129,14 @@ def test_unwritable_folder_is_refused_before_the_model_loads(song, tmp_path, cap
 
 
 def test_a_late_write_error_names_the_users_path(tmp_path, monkeypatch):
-    def fail(path):
+    def fail(path, mode=None):
         raise PermissionError(13, "Permission denied", str(path.parent / f".{path.name}.x1y2.tmp"))
 
-    monkeypatch.setattr(api, "atomic_path", fail)
+    from midirwkv import files
+
+    monkeypatch.setattr(files, "atomic_path", fail)
     with pytest.raises(PermissionError) as exc:
-        api.write_atomic(b"x", tmp_path / "out.mid")
+        api.write_atomic(b"x", tmp_path / "out.mid")           # files.write_atomic, as the API offers it
     assert exc.value.filename == str(tmp_path / "out.mid")
 
 

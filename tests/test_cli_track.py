@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from model_helpers import tiny_engine
 
 from midirwkv import cli
 from midirwkv.infer import api
 from midirwkv.music.remi import encode_score, load_score
-from model_helpers import tiny_engine
 
 BACH = Path(__file__).parent / "fixtures" / "bach" / "bwv66_6.mid"
 FAST = ["--seed", "3"]

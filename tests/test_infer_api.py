@@ -10,13 +10,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from model_helpers import tiny_engine
 
 from midirwkv import cli
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.infer import api
 from midirwkv.music.remi import encode_score, load_score
-from model_helpers import tiny_engine
 
 SONG = Path(__file__).parent / "fixtures" / "corpus" / "pop909" / "002.mid"
 FAST = SampleConfig(max_notes_per_bar=6)

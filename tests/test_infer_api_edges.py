@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import symusic
+from model_helpers import tiny_engine
 
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError
 from midirwkv.infer import api
 from midirwkv.music.remi import encode_score, load_score
-from model_helpers import tiny_engine
 
 POP001 = Path(api.__file__).resolve().parent.parent / "assets" / "examples" / "pop909_001.mid"
 FAST = SampleConfig(max_notes_per_bar=4)

@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
+from server_helpers import wait
 
 from midirwkv.music.remi import encode_score, load_score
 from midirwkv.music.vocab import Vocab
 from midirwkv.server.app import MAX_UPLOAD_BYTES, create_app
 from midirwkv.server.storage import read_json, session_key
-from server_helpers import wait
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SONG = FIXTURES / "pop909" / "318.mid"

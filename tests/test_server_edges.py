@@ -8,10 +8,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 import symusic
 from fastapi.testclient import TestClient
+from server_helpers import wait
 
 from midirwkv.music.remi import ScoreLimits
 from midirwkv.server.app import create_app
-from server_helpers import wait
 
 FAST = {"max_notes_per_bar": 4}
 

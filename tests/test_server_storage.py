@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
+from server_helpers import wait
 
 from midirwkv.errors import BadRequestError
 from midirwkv.server.app import create_app
@@ -25,7 +26,6 @@ from midirwkv.server.storage import (
     read_json,
     session_key,
 )
-from server_helpers import wait
 
 SONG = Path(__file__).parent / "fixtures" / "pop909" / "318.mid"
 LOCAL = "http://127.0.0.1"

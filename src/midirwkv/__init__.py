@@ -21,7 +21,7 @@ _EXPORTS = {
     "infill": "midirwkv.infer.api",
     "add_track": "midirwkv.infer.api",
     "load_engine": "midirwkv.infer.api",
-    "Span": "midirwkv.infer.api",
+    "Span": "midirwkv.infer.requests",
     "SampleConfig": "midirwkv.config",
     "ModelConfig": "midirwkv.config",
     "TrainConfig": "midirwkv.config",

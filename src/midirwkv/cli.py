@@ -18,7 +18,7 @@ from midirwkv import __version__
 from midirwkv.cli_common import Progress, add_sample_flags, sample_config
 from midirwkv.config import PROMPT_LAYOUTS, SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
-from midirwkv.infer.api import parse_bar_ranges, parse_durations, parse_int_range
+from midirwkv.infer.requests import parse_bar_ranges, parse_durations, parse_int_range
 from midirwkv.infer.style import parse_style_args
 from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
 
@@ -333,7 +333,7 @@ def _write_report(path: str | None, report) -> None:
 
 def cmd_infill(args: argparse.Namespace) -> int:
     """``midirwkv infill``: fill spans, write one file per variation."""
-    from midirwkv.infer import api
+    from midirwkv.infer import api, requests
 
     progress = Progress(args.quiet)
     source = _input_path(args.input)
@@ -342,12 +342,12 @@ def cmd_infill(args: argparse.Namespace) -> int:
     tag = "infill_" + "_".join(f"t{t}_bars{b.replace(',', '+')}" for t, b in spans) if len(spans) > 1 or args.span \
         else f"infill_bars{spans[0][1].replace(',', '+')}"
     outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
-    api.check_seed(args.seed, "--seed")
+    requests.check_seed(args.seed, "--seed")
     sample = sample_config(args)
     engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8,
                              tokenizer=args.tokenizer)
     _, report = api.infill(
-        source, spans=[api.Span(track=t, bars=b) for t, b in spans], density=args.density,
+        source, spans=[requests.Span(track=t, bars=b) for t, b in spans], density=args.density,
         polyphony=args.polyphony, durations=args.durations, free_controls=args.free_controls,
         context=args.context, max_prompt_tokens=args.max_prompt_tokens, variations=args.variations,
         seed=args.seed, sample=sample, engine=engine, progress=progress, style=parse_style_args(args.style))
@@ -362,7 +362,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
 def cmd_add_track(args: argparse.Namespace) -> int:
     """``midirwkv add-track``: write a new (or regenerated) whole track, one file per variation."""
-    from midirwkv.infer import api
+    from midirwkv.infer import api, requests
 
     progress = Progress(args.quiet)
     source = _input_path(args.input)
@@ -375,14 +375,14 @@ def cmd_add_track(args: argparse.Namespace) -> int:
     program = -1 if args.drums else args.program
     is_drum = program == -1
     # reject bad control values before the model is loaded
-    api.track_controls(density=args.density, polyphony=args.polyphony, durations=args.durations,
+    requests.track_controls(density=args.density, polyphony=args.polyphony, durations=args.durations,
                        repetition=args.repetition, is_drum=is_drum)
     if args.regenerate is not None:
         tag = f"regen_track{args.regenerate}"
     else:
         tag = "add_drums" if is_drum else f"add_program{program}"
     outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
-    api.check_seed(args.seed, "--seed")
+    requests.check_seed(args.seed, "--seed")
     sample = sample_config(args)
     engine = api.load_engine(args.model, threads=args.threads, progress=progress, int8=args.int8,
                              tokenizer=args.tokenizer)

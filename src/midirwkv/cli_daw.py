@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bars(text: str) -> tuple[int, int]:
-    from midirwkv.infer.api import parse_bar_ranges
+    from midirwkv.infer.requests import parse_bar_ranges
 
     ranges = parse_bar_ranges(text, "--bars")
     if len(ranges) != 1:

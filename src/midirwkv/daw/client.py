@@ -145,13 +145,13 @@ def infill_via_server(url: str, data: bytes, params: InfillParams, *, filename: 
 def infill_local(source: Path, params: InfillParams, *, model: str | None = None,
                  threads: int | None = None) -> list[bytes]:
     """Regenerate with the engine in this process; returns each variation's MIDI bytes."""
-    from midirwkv.infer import api
+    from midirwkv.infer import api, requests
     from midirwkv.server.oneshot import bar_controls
 
     engine = api.load_engine(model, threads=threads)
     bars = f"{params.first_bar}-{params.last_bar}"
     controls = None if params.controls is None else bar_controls(params.controls, params.last_bar - params.first_bar + 1)
-    _, report = api.infill(source, spans=[api.Span(track=params.track, bars=bars, controls=controls)],
+    _, report = api.infill(source, spans=[requests.Span(track=params.track, bars=bars, controls=controls)],
                            density=params.density, polyphony=params.polyphony, durations=params.durations,
                            free_controls=params.free_controls, context=params.context,
                            variations=params.variations, seed=params.seed, engine=engine)

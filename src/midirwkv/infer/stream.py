@@ -175,22 +175,22 @@ class LoopSession:
                  context: int = 16, seed: int | None = None, sample: SampleConfig | None = None, engine=None,
                  model: str | Path | None = None, threads: int | None = None, style=None,
                  max_prompt_tokens: int | None = None):
-        from midirwkv.infer import api
+        from midirwkv.infer import api, requests
         from midirwkv.infer.style import resolve_style
         from midirwkv.music.infill import InfillRequest
         from midirwkv.music.remi import encode_score
 
         self.engine = engine or api.load_engine(model, threads=threads)
         self.vocab = self.engine.vocab
-        track = api._check_track(track)
+        track = requests.check_track(track)
         if not isinstance(context, int) or isinstance(context, bool) or context < 0:
             raise BadRequestError("context must be 0 or more bars", argument="context", value=context, fix="e.g. 16")
-        seed = api.check_seed(seed)
+        seed = requests.check_seed(seed)
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         self.score, _ = api._load(source)
         self.st = encode_score(self.score, self.vocab)
         self.tt = self.st.track(track)
-        ranges = api.parse_bar_ranges(bars)
+        ranges = requests.parse_bar_ranges(bars)
         if len(ranges) != 1:
             raise BadRequestError("a loop is one range of bars", argument="bars", value=bars,
                                   fix='give one range, e.g. "17-20"')
@@ -282,13 +282,13 @@ class LoopSession:
                seed: int | None = None) -> VariationStream:
         """The next variation, bar by bar. ``controls`` / ``sample`` given here become the loop's settings
         (from this variation on); ``seed`` overrides this pass's seed (default ``seed + pass - 1``)."""
-        from midirwkv.infer import api
+        from midirwkv.infer import requests
 
         if controls is not None:
             self.set_controls(controls)
         if sample is not None:
             self.set_sample(sample)
-        seed = api.check_seed(seed)
+        seed = requests.check_seed(seed)
         number = self.passes + 1
         use_seed = seed if seed is not None else self.seed + number - 1
         asked, cfg = list(self.controls), self.sample
@@ -400,9 +400,9 @@ def stream_infill(source, track: int, bars: str | tuple[int, int], *, controls: 
     variations interleave; ``BarEvent.variation`` tells them apart. The bars are those ``api.infill``
     writes for the same arguments and seed with ``candidates=1`` (a stream samples one fill per variation).
     """
-    from midirwkv.infer import api
+    from midirwkv.infer import requests
 
-    api._check_variations(variations)
+    requests.check_variations(variations)
     loop = LoopSession(source, track, bars, controls=controls, context=context, seed=seed, sample=sample,
                        engine=engine, model=model, threads=threads, style=style)
     seeds = [loop.seed + i for i in range(variations)]

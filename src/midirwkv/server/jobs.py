@@ -557,7 +557,7 @@ def track_request(st, req_in: dict, vocab, n_tracks: int | None = None):
     Controls left null are free for a new track and measured from the original for a regenerated one; drum
     tracks keep the densities only. ``n_tracks`` (the Score's track count) places a new track last.
     """
-    from midirwkv.infer.api import ADD_TRACK_MAX_PROMPT_TOKENS, track_controls
+    from midirwkv.infer.requests import ADD_TRACK_MAX_PROMPT_TOKENS, track_controls
     from midirwkv.music.controls import TrackControls
     from midirwkv.music.infill import TrackRequest, track_controls_of
 

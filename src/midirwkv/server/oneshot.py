@@ -35,7 +35,7 @@ def bar_controls(items: object, n_bars: int, argument: str = "controls") -> list
     --controls FILE`` and of the one-request endpoint's ``controls``: a list with one object per bar,
     ``{"density": 0..18, "polyphony": "MIN-MAX" or N, "durations": "quarter,eighth" or "none"}``; a key
     missing or null leaves that control free."""
-    from midirwkv.infer.api import DURATION_NAMES, parse_durations, parse_int_range
+    from midirwkv.infer.requests import DURATION_NAMES, parse_durations, parse_int_range
     from midirwkv.music.controls import BarControls
 
     if not isinstance(items, list) or len(items) != n_bars:
@@ -69,7 +69,7 @@ def bar_controls(items: object, n_bars: int, argument: str = "controls") -> list
 def _controls(info_track, first_bar: int, last_bar: int, *, density, polyphony, durations, free: bool,
               per_bar: str | None):
     """Per-bar controls as the job stores them, or None for the measured ones (nothing given)."""
-    from midirwkv.infer.api import apply_overrides
+    from midirwkv.infer.requests import apply_overrides
     from midirwkv.music.controls import BarControls
 
     if per_bar is not None:
