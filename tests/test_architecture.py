@@ -28,9 +28,6 @@ RANK = {
 music and model never import each other, nor train and eval."""
 CLI_FAMILY = {"cli", "cli_eval", "cli_style", "cli_daw", "cli_common", "__main__"}
 MAX_LINES = 600
-OVER_THE_LIMIT = {"music/remi.py": 629}
-"""Files still above MAX_LINES, with the length they may not pass (``music/remi.py``: its tables and limits wait
-for a module of their own); a file leaves this table when it is split and may not come back."""
 
 
 def _modules() -> dict[str, Path]:
@@ -143,6 +140,4 @@ def test_model_imports_nothing_above_it(graph):
 def test_no_python_file_over_the_line_limit():
     lengths = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines())
                for p in PACKAGE.rglob("*.py")}
-    long = {name: n for name, n in lengths.items() if n > OVER_THE_LIMIT.get(name, MAX_LINES)}
-    assert long == {}
-    assert all(lengths.get(name, 0) > MAX_LINES for name in OVER_THE_LIMIT), "a split file: drop it from the table"
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
