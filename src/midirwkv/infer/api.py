@@ -32,6 +32,7 @@ from midirwkv.infer.reports import (
 from midirwkv.infer.requests import (
     ADD_TRACK_MAX_PROMPT_TOKENS,
     Span,
+    check_bars_in_file,
     check_seed,
     check_spans,
     check_track,
@@ -340,9 +341,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     for sp in spans:
         tt = st.track(sp.track)
         for start, end in parse_bar_ranges(sp.bars):
-            if end > n_bars:
-                raise BadRequestError("bars beyond the end of the file", argument="bars", value=sp.bars,
-                                      fix=f"the file has bars 1-{n_bars}")
+            check_bars_in_file(start + 1, end, n_bars, argument="bars", value=sp.bars)
             plan.append((sp.track, start, end, span_controls(tt, start, end, sp, density, polyphony, durations,
                                                              free_controls)))
 

@@ -44,6 +44,20 @@ def parse_bar_ranges(text: str | tuple[int, int] | list, argument: str = "bars")
     return spans
 
 
+def check_bars_in_file(first_bar: int, last_bar: int, n_bars: int, argument: str = "last_bar",
+                       value: object = None) -> tuple[int, int]:
+    """1-based inclusive bars of a file of ``n_bars`` bars -> 0-based ``(start, end)``; the one check that a
+    selection is in order and inside the file (BadRequestError naming ``argument``, with ``value`` as given)."""
+    if last_bar < first_bar:
+        raise BadRequestError("the last bar comes before the first", argument=argument,
+                              value=value if value is not None else (first_bar, last_bar),
+                              fix="give the first bar first, e.g. 9-12")
+    if last_bar > n_bars:
+        raise BadRequestError("bars beyond the end of the file", argument=argument,
+                              value=value if value is not None else last_bar, fix=f"the file has bars 1-{n_bars}")
+    return first_bar - 1, last_bar
+
+
 def parse_int_range(text: str | int | tuple[int, int], argument: str, lo: int, hi: int) -> tuple[int, int]:
     """``"1-3"`` -> ``(1, 3)``; ``"2"`` -> ``(2, 2)``; both ends within ``[lo, hi]``."""
     if isinstance(text, tuple):

@@ -194,10 +194,8 @@ class LoopSession:
         if len(ranges) != 1:
             raise BadRequestError("a loop is one range of bars", argument="bars", value=bars,
                                   fix='give one range, e.g. "17-20"')
-        self.start, self.end = ranges[0]
-        if self.end > self.st.n_bars:
-            raise BadRequestError("bars beyond the end of the file", argument="bars", value=bars,
-                                  fix=f"the file has bars 1-{self.st.n_bars}")
+        self.start, self.end = requests.check_bars_in_file(ranges[0][0] + 1, ranges[0][1], self.st.n_bars,
+                                                           argument="bars", value=bars)
         kwargs = {"track": track, "start": self.start, "end": self.end, "controls": None, "context_bars": context}
         if max_prompt_tokens is not None:
             kwargs["max_prompt_tokens"] = max_prompt_tokens

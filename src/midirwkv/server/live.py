@@ -78,7 +78,8 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from midirwkv.errors import BadRequestError, MidiRwkvError
+from midirwkv.errors import MidiRwkvError
+from midirwkv.infer.requests import check_bars_in_file
 from midirwkv.server import schemas as S
 from midirwkv.server.storage import NotFoundError, check_token, new_token
 
@@ -228,9 +229,8 @@ class LiveLoops:
         from midirwkv.music.controls import BarControls
         from midirwkv.server.jobs import sample_config
 
-        if body.last_bar < body.first_bar:
-            raise BadRequestError("last_bar comes before first_bar", argument="last_bar",
-                                  value=(body.first_bar, body.last_bar), fix="use first_bar <= last_bar")
+        if body.last_bar < body.first_bar:       # the file's end is checked when the loop reads it
+            check_bars_in_file(body.first_bar, body.last_bar, body.last_bar)
         path, version = self.storage.version_path(session, upload_id, body.version)
         sampling = body.sampling.model_dump()
         controls = None if body.controls is None else [BarControls(**c.model_dump()) for c in body.controls]

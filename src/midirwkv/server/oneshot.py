@@ -20,6 +20,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from midirwkv.errors import BadMidiError, BadRequestError, MidiRwkvError
+from midirwkv.infer.requests import check_bars_in_file
 from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
 
 if TYPE_CHECKING:
@@ -136,12 +137,7 @@ def register_oneshot(app: "FastAPI", *, max_upload_bytes: int, job_out: Callable
         check_midi(data, engine.vocab)
         st = encode_score(load_score(data), engine.vocab)
         n_bars = len(st.bar_ticks) - 1
-        if body.last_bar < body.first_bar:
-            raise BadRequestError("last_bar comes before first_bar", argument="last_bar",
-                                  value=(body.first_bar, body.last_bar), fix="use first_bar <= last_bar")
-        if body.last_bar > n_bars:
-            raise BadRequestError("bars beyond the end of the song", argument="last_bar", value=body.last_bar,
-                                  fix=f"the song has bars 1-{n_bars}")
+        check_bars_in_file(body.first_bar, body.last_bar, n_bars)
         track = st.track(body.track)
         request = body.model_dump()
         request["controls"] = _controls(track, body.first_bar, body.last_bar, **controls_args)

@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from midirwkv.errors import BadRequestError
+from midirwkv.infer.requests import check_bars_in_file
 from midirwkv.server import schemas as S
 from midirwkv.server.common import (
     EVENT_MAX_S,
@@ -41,20 +42,7 @@ def register_jobs(app: FastAPI, ctx: Context) -> None:
 
         path, version = storage.version_path(session, upload_id, body.version)
         info = describer.describe(path)
-        if body.last_bar < body.first_bar:
-            raise BadRequestError(
-                "last_bar comes before first_bar",
-                argument="last_bar",
-                value=(body.first_bar, body.last_bar),
-                fix="use first_bar <= last_bar",
-            )
-        if body.last_bar > info.n_bars:
-            raise BadRequestError(
-                "bars beyond the end of the song",
-                argument="last_bar",
-                value=body.last_bar,
-                fix=f"the song has bars 1-{info.n_bars}",
-            )
+        check_bars_in_file(body.first_bar, body.last_bar, info.n_bars)
         if body.track not in {t.index for t in info.tracks}:
             raise BadRequestError(
                 "no track with notes at that index",
