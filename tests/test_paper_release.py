@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import symusic
 import torch
+from model_helpers import perturbed_model
 
 from midirwkv.config import ModelConfig, StyleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
@@ -52,12 +53,7 @@ def tiny_cfg(vocab_size: int) -> ModelConfig:
 
 
 def random_model(cfg: ModelConfig, seed: int = 0) -> RWKV7:
-    torch.manual_seed(seed)
-    model = RWKV7(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed_model(cfg, seed)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ from midirwkv.music.controls import (
     BarDensity,
     TrackControls,
 )
+from midirwkv.music.names import TokenNames
 
 CHR_ID_START = 33
 """MidiTok writes base id ``i`` as the character ``chr(i + 33)`` before BPE training."""
@@ -63,7 +64,7 @@ def is_paper_tokenizer(data: object) -> bool:
             and isinstance(data.get("_model"), str) and data.get("tokenization") == "MMM")
 
 
-class PaperVocab:
+class PaperVocab(TokenNames):
     """Token names <-> ids of a MidiTok 3.0.5 MMM tokenizer file, with its per-bar BPE.
 
     The same attributes and methods as :class:`midirwkv.music.vocab.Vocab` (``size``, ``base_size``, ``id``,
@@ -71,6 +72,8 @@ class PaperVocab:
     the special-token attributes ``pad .. bar``), plus ``track_ids`` (a whole track encoded as
     MidiTok 3.0.5 encodes it) and ``config`` (the file's MidiTok config). Build it with :meth:`load`.
     """
+
+    NAME_HINT = "use a name of the tokenizer file's _vocab_base, e.g. 'Pitch_60'"
 
     kind_name = "miditok-3.0.5"
 
@@ -179,39 +182,9 @@ class PaperVocab:
                                   fix="use a tokenizer with MidiTok's bar and track attribute controls")
 
     # ---------------------------------------------------------------------------------------- lookups
-    def id(self, name: str) -> int:
-        """Base id of token ``name``."""
-        try:
-            return self._ids[name]
-        except KeyError:
-            raise BadRequestError("unknown token name", argument="name", value=name,
-                                  fix="use a name of the tokenizer file's _vocab_base, e.g. 'Pitch_60'") from None
-
-    def has(self, name: str) -> bool:
-        return name in self._ids
-
-    def name(self, id: int) -> str:
-        """Name of an id; a BPE id gives its base tokens joined by spaces (``\u2581`` first for a word start)."""
-        if not 0 <= id < self.size:
-            raise BadRequestError("token id out of range", argument="id", value=id,
-                                  fix=f"use an id in 0..{self.size - 1}")
-        return self._names[id]
-
-    def kind(self, base_id: int) -> str:
-        return self._kind[base_id]
-
     @property
     def has_bpe(self) -> bool:
         return True
-
-    def names(self, ids: Sequence[int]) -> list[str]:
-        return [self.name(i) for i in ids]
-
-    def ids(self, names: Sequence[str]) -> list[int]:
-        return [self.id(n) for n in names]
-
-    def __len__(self) -> int:
-        return self.size
 
     def __repr__(self) -> str:
         return f"PaperVocab(size={self.size}, base={self.base_size}, path={self.path})"

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from midirwkv.errors import BadRequestError, CheckpointError
 from midirwkv.music.controls import all_control_tokens
+from midirwkv.music.names import TokenNames
 
 if TYPE_CHECKING:
     from midirwkv.music.paper_vocab import PaperVocab
@@ -78,12 +79,14 @@ def _to_json_dict(tok) -> dict:
     return params
 
 
-class Vocab:
+class Vocab(TokenNames):
     """Token names <-> ids for one tokenizer JSON, with per-bar BPE.
 
     Attributes with ids: ``pad bos eos infill_bar infill_track fillbar_start fillbar_end track_start
     track_end bar`` (``Bar_None``). ``size`` counts every id (base + merged).
     """
+
+    NAME_HINT = "use a name of the MidiTok MMM vocabulary, e.g. 'Pitch_60'"
 
     def __init__(self, tokenizer, path: Path | None = None) -> None:
         self.tok = tokenizer
@@ -159,28 +162,6 @@ class Vocab:
         return p
 
     # ---------------------------------------------------------------------------------------- lookups
-    def id(self, name: str) -> int:
-        """Base id of token ``name`` (e.g. ``"Pitch_60"``)."""
-        try:
-            return self._ids[name]
-        except KeyError:
-            raise BadRequestError("unknown token name", argument="name", value=name,
-                                  fix="use a name of the MidiTok MMM vocabulary, e.g. 'Pitch_60'") from None
-
-    def has(self, name: str) -> bool:
-        return name in self._ids
-
-    def name(self, id: int) -> str:
-        """Name of an id; a BPE id gives its base tokens joined by spaces."""
-        if not 0 <= id < self.size:
-            raise BadRequestError("token id out of range", argument="id", value=id,
-                                  fix=f"use an id in 0..{self.size - 1}")
-        return self._names[id]
-
-    def kind(self, base_id: int) -> str:
-        """Token type of a base id (``Pitch``, ``Position``, ``Bar``, ``TimeSig`` ...)."""
-        return self._kind[base_id]
-
     @property
     def has_bpe(self) -> bool:
         return self._model is not None
@@ -230,15 +211,6 @@ class Vocab:
         """The id holds only in-bar note tokens (Position, Tempo, Pitch, PitchDrum, Velocity, Duration)."""
         return all(self._kind[b] in ("Position", "Tempo", "Pitch", "PitchDrum", "Velocity", "Duration")
                    for b in self._pieces[id])
-
-    def names(self, ids: Sequence[int]) -> list[str]:
-        return [self.name(i) for i in ids]
-
-    def ids(self, names: Sequence[str]) -> list[int]:
-        return [self.id(n) for n in names]
-
-    def __len__(self) -> int:
-        return self.size
 
     def __repr__(self) -> str:
         return f"Vocab(size={self.size}, base={self.base_size}, bpe={self.has_bpe}, path={self.path})"
