@@ -1,6 +1,6 @@
 """How many fills to sample per variation (``SampleConfig.candidates``), chosen on validation prompts.
 
-    python benchmarks/candidates_grid.py --data cache/scraped --prompts 120 --ks 1,4,8,16 \\
+    python benchmarks/candidates_grid.py --data cache/scraped --prompts 120 --ks 1,4,8,16 --temperatures 0.85,1.0 \\
         --runs runs/candidates -o reports/sampling/candidates
 
 Runs ``copy`` and ``rwkv`` (every other sampling setting at its default) for each k on the same seeded 4-bar
@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     ap.add_argument("--runs", type=Path, default=Path("runs/candidates"))
+    ap.add_argument("--temperatures", default="0.85,1.0",
+                    help="with the chosen k, also try these temperatures (ranking may like more varied fills)")
     ap.add_argument("-o", "--output", type=Path, default=Path("reports/sampling/candidates"))
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
@@ -65,17 +67,36 @@ def main() -> None:
         f1 = [r["metrics"]["onset_f1"] for r in rows if r["system"] == "rwkv" and r["group"] == "pitched"]
         means[k] = sum(f1) / len(f1)
     best = max(ks, key=lambda k: (means[k], -k))
+    temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    default_t = SampleConfig().temperature
+    for t in temps:
+        cfg = EvalConfig(data=[args.data], output=str(args.runs / f"t{t:g}-k{best}"), split=args.split,
+                         systems=("copy", "rwkv"), model=args.model, prompts=args.prompts, bars=4, context=8,
+                         seed=args.seed, sample=dataclasses.replace(SampleConfig(), candidates=best, temperature=t),
+                         threads=1, save_midi=False, piano_rolls=0)
+        evaluate(cfg, progress=lambda m: None)
+        print(f"T={t:g} done", flush=True)
+    temp_table = ""
+    if temps:
+        cols = [f"T{default_t:g}-k{best}={args.runs / f'k{best}'}:rwkv"] + [
+            f"T{t:g}-k{best}={args.runs / f't{t:g}-k{best}'}:rwkv" for t in temps]
+        temp_table = subprocess.run([sys.executable, str(HERE / "compare_candidates.py"), *cols, "--group", "pitched"],
+                                    capture_output=True, text=True, check=True).stdout
     args.output.mkdir(parents=True, exist_ok=True)
     text = (f"# Fills sampled per variation (`SampleConfig.candidates`)\n\n"
             f"Command: `python benchmarks/candidates_grid.py --data {args.data} --split {args.split} "
-            f"--prompts {args.prompts} --ks {args.ks} --runs {args.runs} -o {args.output}`"
-            f"{' --model ' + args.model if args.model else ''}\n\n"
+            f"--prompts {args.prompts} --ks {args.ks} --temperatures {args.temperatures} --runs {args.runs} "
+            f"-o {args.output}{' --model ' + args.model if args.model else ''}`\n\n"
             f"Model: {args.model or 'the bundled default model'}; 4-bar spans, 8 context bars, seed {args.seed}; "
             "each k keeps, of its k fills, the one the model finds most likely (`midirwkv.infer.rank`). "
             "s/prompt includes the prompt's prefill and was measured on a shared 2-core machine.\n\n"
             "Rule: the default is the k with the highest mean onset F1 on the pitched prompts. Means: "
             f"{', '.join(f'k={k}: {means[k]:.3f}' for k in ks)} -> **k = {best}**.\n\n{HISTORY}\n"
-            f"## Pitched tracks\n\n{tables['pitched']}\n## Drum tracks\n\n{tables['drums']}")
+            f"## Pitched tracks\n\n{tables['pitched']}\n## Drum tracks\n\n{tables['drums']}"
+            + (f"\n## Temperature with k = {best}\n\nThe grid chose the temperature with one fill per variation; "
+               f"ranking might prefer more varied fills, so k = {best} was also run at "
+               f"{', '.join(f'{t:g}' for t in temps)}. The temperature stays {default_t:g} unless another is better "
+               f"with p < 0.05 on pitched onset F1.\n\n{temp_table}" if temps else ""))
     write_text_atomic(args.output / "README.md", text)
     print(text)
 
