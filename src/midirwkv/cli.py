@@ -21,6 +21,7 @@ from midirwkv.errors import BadRequestError, MidiRwkvError
 from midirwkv.infer.requests import parse_bar_ranges, parse_durations, parse_int_range
 from midirwkv.infer.style import parse_style_args
 from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
+from midirwkv.music.infill import CONTEXT_BARS
 
 POLY_TEXT = f"{POLY_RANGE[0]}..{POLY_RANGE[1]}"
 
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bars", metavar="A-B[,C-D]", help="bars to fill, 1-based inclusive, e.g. 9-12")
     p.add_argument("--span", action="append", metavar="T:A-B", default=[],
                    help="a track and bars to fill; repeat for several spans (filled in the order given)")
-    p.add_argument("--context", type=int, default=16, metavar="BARS", help="bars of context each side (default 16)")
+    p.add_argument("--context", type=int, default=CONTEXT_BARS, metavar="BARS",
+                   help=f"bars of context each side (default {CONTEXT_BARS})")
     p.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
                    help="cap on prompt tokens (default 8192; raise it for long files with wide context)")
     p.add_argument("-o", "--output", metavar="OUT.mid", help="output file (default: IN_infill_bars<A-B>.mid)")

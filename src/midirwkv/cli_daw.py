@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from midirwkv.music.infill import CONTEXT_BARS
+
 DAW_EPILOG = """examples:
   midirwkv daw install-ardour                       # ~/.config/ardour7/scripts/midirwkv_regenerate.lua
   midirwkv daw install-ardour --print > regenerate.lua
@@ -49,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="writes OUT_v1.mid ... OUT_vK.mid")
     q.add_argument("--variations", type=int, default=1, metavar="K", help="how many results (default 1)")
     q.add_argument("--seed", type=int, metavar="S", help="variation i uses S+i-1 (default: random)")
-    q.add_argument("--context", type=int, default=16, metavar="BARS", help="bars of context each side (16)")
+    q.add_argument("--context", type=int, default=CONTEXT_BARS, metavar="BARS",
+                   help=f"bars of context each side ({CONTEXT_BARS})")
     q.add_argument("--density", type=int, metavar="N", help="notes per bar for every filled bar, 0..18")
     q.add_argument("--polyphony", metavar="MIN-MAX", help="notes starting together, e.g. 1-3")
     q.add_argument("--durations", metavar="LIST", help="note lengths that occur, e.g. quarter,eighth (or none)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from midirwkv.errors import BadRequestError, GenerationError, MidiRwkvError
+from midirwkv.music.infill import CONTEXT_BARS
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 SERVER_ENV = "MIDIRWKV_SERVER"
@@ -40,7 +41,7 @@ class InfillParams:
     last_bar: int
     variations: int = 1
     seed: int | None = None
-    context: int = 16
+    context: int = CONTEXT_BARS
     density: int | None = None
     polyphony: str | None = None
     durations: str | None = None

@@ -42,6 +42,7 @@ from midirwkv.infer.requests import (
     track_controls,
 )
 from midirwkv.infer.style import resolve_style
+from midirwkv.music.infill import CONTEXT_BARS
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 """The model ``midirwkv`` uses without ``--model`` (a checkpoint folder)."""
@@ -288,7 +289,7 @@ def _load(source):
 def infill(source, track: int | None = None, bars: str | tuple[int, int] | None = None, *,
            spans: Sequence[Span] | None = None, density: int | None = None,
            polyphony: str | tuple[int, int] | None = None, durations: str | Sequence[str] | None = None,
-           free_controls: bool = False, context: int = 16, max_prompt_tokens: int | None = None,
+           free_controls: bool = False, context: int = CONTEXT_BARS, max_prompt_tokens: int | None = None,
            variations: int = 1, seed: int | None = None, sample: SampleConfig | None = None,
            engine: Engine | None = None, model: str | Path | None = None, threads: int | None = None,
            progress: Progress | None = None, style=None, tokenizer: str | Path | None = None):

@@ -39,6 +39,7 @@ from midirwkv.errors import BadRequestError
 from midirwkv.infer.generate import GeneratedSpan
 from midirwkv.infer.pipeline import open_span, span_checker, splice_span
 from midirwkv.infer.reports import empty_bar, missed_fields
+from midirwkv.music.infill import CONTEXT_BARS
 
 Note = tuple[int, int, int, int]
 """(start tick, duration ticks, pitch, velocity) in the song's ticks."""
@@ -172,7 +173,7 @@ class LoopSession:
     """
 
     def __init__(self, source, track: int, bars: str | tuple[int, int], *, controls: Sequence | None = None,
-                 context: int = 16, seed: int | None = None, sample: SampleConfig | None = None, engine=None,
+                 context: int = CONTEXT_BARS, seed: int | None = None, sample: SampleConfig | None = None, engine=None,
                  model: str | Path | None = None, threads: int | None = None, style=None,
                  max_prompt_tokens: int | None = None):
         from midirwkv.infer import api, requests
@@ -387,7 +388,7 @@ class LoopSession:
 
 
 def stream_infill(source, track: int, bars: str | tuple[int, int], *, controls: Sequence | None = None,
-                  context: int = 16, variations: int = 1, seed: int | None = None,
+                  context: int = CONTEXT_BARS, variations: int = 1, seed: int | None = None,
                   sample: SampleConfig | None = None, engine=None, model: str | Path | None = None,
                   threads: int | None = None, style=None) -> Iterator[BarEvent]:
     """Infill one span of one track and yield each bar as soon as it is sampled (:class:`BarEvent`).

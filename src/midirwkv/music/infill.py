@@ -67,6 +67,10 @@ def layout_of(meta: dict | None) -> str:
     return check_layout(cfg.get("prompt_layout", "file_order"))
 
 
+CONTEXT_BARS = 16
+"""Default bars of context each side of an infilled span (every front end reads it from here)."""
+
+
 @dataclass
 class InfillRequest:
     track: int                       # track index in the Score
@@ -74,7 +78,7 @@ class InfillRequest:
     end: int                         # one past the last bar
     controls: list[BarControls] | None = None   # per span bar; None = measured from the original bars;
                                                 # any field None inside = left free (no token fed)
-    context_bars: int = 16           # bars of context left and right of the span
+    context_bars: int = CONTEXT_BARS  # bars of context left and right of the span
     max_prompt_tokens: int = 8192
 
 

@@ -80,6 +80,7 @@ from pydantic import BaseModel, Field
 
 from midirwkv.errors import MidiRwkvError
 from midirwkv.infer.requests import check_bars_in_file
+from midirwkv.music.infill import CONTEXT_BARS
 from midirwkv.server import schemas as S
 from midirwkv.server.storage import NotFoundError, check_token, new_token
 
@@ -105,7 +106,7 @@ class LoopIn(S._Strict):
     last_bar: int = Field(ge=1, description="1-based, inclusive")
     controls: list[S.BarControlsModel] | None = Field(
         None, description="one per selected bar; null = the measured controls of the original bars")
-    context_bars: int = Field(16, ge=0, le=64)
+    context_bars: int = Field(CONTEXT_BARS, ge=0, le=64)
     sampling: S.SamplingIn = Field(default_factory=S.SamplingIn)
     seed: int | None = Field(None, ge=0, lt=2**31, description="pass k uses seed + k - 1; null = random")
     version: int | None = Field(None, ge=0, description="song version to loop over; null = the current one")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from midirwkv.config import MAX_CANDIDATES, SampleConfig
 from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE, REPETITION_BINS
+from midirwkv.music.infill import CONTEXT_BARS
 
 _SAMPLE = SampleConfig()
 _POLY = f"{POLY_RANGE[0]}..{POLY_RANGE[1]}"
@@ -182,7 +183,7 @@ class InfillIn(_Strict):
     )
     variations: int = Field(1, ge=1, le=16)
     seed: int | None = Field(None, ge=0, lt=2**31, description="variation k uses seed + k - 1; null = random")
-    context_bars: int = Field(16, ge=0, le=64)
+    context_bars: int = Field(CONTEXT_BARS, ge=0, le=64)
     sampling: SamplingIn = Field(default_factory=SamplingIn)
     version: int | None = Field(None, ge=0, description="song version to start from; null = the current one")
 
