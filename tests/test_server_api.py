@@ -376,6 +376,13 @@ def test_defaults_endpoint_serves_sample_config_and_the_schema_bounds(client):
     assert names <= set(d["sampling"])
     assert d["ranges"]["keep_key"] == {"min": 0, "max": 10, "min_exclusive": False, "max_exclusive": False}
     assert d["ranges"]["temperature"]["min_exclusive"] is True
+    # the per-bar control ranges and the default context come from music.controls / music.infill too
+    from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
+    from midirwkv.music.infill import CONTEXT_BARS
+
+    assert (d["controls"]["density"]["min"], d["controls"]["density"]["max"]) == (0, DENSITY_MAX)
+    assert (d["controls"]["poly_min"]["min"], d["controls"]["poly_max"]["max"]) == POLY_RANGE
+    assert d["context_bars"] == CONTEXT_BARS and d["context_range"]["max"] == 64
     page = client.get("/").text
     assert 'data-sampling="keep_key"' in page and 'data-sampling="keep_register"' in page
     assert 'value="0.95"' not in page and 'value="1.0"' not in page      # the page asks the server

@@ -151,16 +151,20 @@ class RangeOut(BaseModel):
 
 
 class DefaultsOut(BaseModel):
-    """What the page shows before the user changes anything: the sampling defaults and their ranges."""
+    """What the page shows before the user changes anything: the sampling defaults and their ranges, the
+    per-bar control ranges and the default context (the page writes none of them itself)."""
 
     sampling: SamplingIn
     ranges: dict[str, RangeOut] = Field(description="sampling field -> bounds the server accepts")
+    controls: dict[str, RangeOut] = Field(description="per-bar control field -> bounds the server accepts")
+    context_bars: int = Field(description="default bars of context each side of a span")
+    context_range: RangeOut
 
 
-def sampling_defaults() -> dict:
-    """``DefaultsOut`` of this server: ``SamplingIn``'s defaults (= ``SampleConfig``'s) and its bounds."""
+def _bounds(model: type[BaseModel]) -> dict[str, dict]:
+    """Each numeric field of a request model -> its bounds (the constraints the schema validates)."""
     ranges = {}
-    for name, info in SamplingIn.model_fields.items():
+    for name, info in model.model_fields.items():
         bound = {}
         for m in info.metadata:
             for attr, key, exclusive in (("ge", "min", False), ("gt", "min", True), ("le", "max", False),
@@ -168,8 +172,17 @@ def sampling_defaults() -> dict:
                 if getattr(m, attr, None) is not None:
                     bound[key] = getattr(m, attr)
                     bound[f"{key}_exclusive"] = exclusive
-        ranges[name] = bound
-    return {"sampling": SamplingIn().model_dump(), "ranges": ranges}
+        if bound:
+            ranges[name] = bound
+    return ranges
+
+
+def sampling_defaults() -> dict:
+    """``DefaultsOut`` of this server: ``SamplingIn``'s defaults (= ``SampleConfig``'s) and bounds, the per-bar
+    controls' bounds (= ``music.controls``') and the default context (= ``music.infill.CONTEXT_BARS``)."""
+    context = _bounds(InfillIn)["context_bars"]
+    return {"sampling": SamplingIn().model_dump(), "ranges": _bounds(SamplingIn),
+            "controls": _bounds(BarControlsModel), "context_bars": CONTEXT_BARS, "context_range": context}
 
 
 class InfillIn(_Strict):
