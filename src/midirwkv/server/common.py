@@ -20,17 +20,13 @@ from midirwkv.server import schemas as S
 
 SESSION_COOKIE = "midirwkv_session"
 
-
 SESSION_HEADER = "X-Midirwkv-Session"
-
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 """Largest MIDI file accepted (a long multi-track song is well under 1 MB)."""
 
-
 EVENT_POLL_S = 0.25
 """How often the server-sent event stream looks at a job."""
-
 
 EVENT_MAX_S = 3600.0
 """A progress stream ends after this long (the client reconnects or polls)."""
@@ -64,6 +60,11 @@ class Describer:
             while len(self._memo) > self.size:
                 self._memo.popitem(last=False)
         return value
+
+    def remember(self, path: Path, info) -> None:
+        """Keep the description of a file just written (an upload's first version: it was described to be
+        checked, so it is not encoded a second time)."""
+        self._get("describe", path, lambda: info)
 
     def describe(self, path: Path):
         from midirwkv.music.inspect import describe
@@ -133,18 +134,21 @@ def download_name(filename: str, suffix: str) -> str:
     return f"{stem}_{suffix}.mid"
 
 
-def check_midi(data: bytes, vocab) -> None:
-    """Parse and tokenise uploaded bytes (BadMidiError / BadRequestError when the engine cannot use them)."""
-    from midirwkv.music.remi import encode_score, load_score
+def check_midi(data: bytes, vocab):
+    """Parse and tokenise uploaded bytes -> their ``music.inspect.Description`` (BadMidiError / BadRequestError
+    when the engine cannot use them)."""
+    from midirwkv.music.inspect import describe
+    from midirwkv.music.remi import load_score
 
-    st = encode_score(load_score(data), vocab)
-    if not st.tracks:
+    info = describe(load_score(data), vocab)
+    if not info.tracks:
         raise BadMidiError(
             "no track has notes the model can read",
             argument="body",
             value=None,
             fix="upload a file with pitched or drum notes in the piano range",
         )
+    return info
 
 
 @dataclass

@@ -102,8 +102,9 @@ def register_uploads(app: FastAPI, ctx: Context) -> None:
                 fix="send the bytes of a .mid file as the body",
             )
         # parse (and tokenise) before anything is stored: a file the engine cannot read is refused now
-        await asyncio.to_thread(check_midi, data, engine.vocab)
+        info = await asyncio.to_thread(check_midi, data, engine.vocab)
         upload_id = await asyncio.to_thread(storage.add_upload, session, data, filename)
+        describer.remember(storage.version_path(session, upload_id, None)[0], info)   # not encoded twice
         return await asyncio.to_thread(upload_out, session, upload_id, None)
 
     def _too_large(size: int) -> JSONResponse:
