@@ -5,7 +5,7 @@ another (the server's private storage: 0600).
 - :func:`atomic_path`: the temporary path for a block that writes a file itself (MIDI, numpy, safetensors).
 - :func:`write_atomic` / :func:`write_text_atomic`: bytes or text, flushed to disk before the rename.
 - :func:`atomic_folder`: a temporary sibling folder, swapped into place when the block ends (checkpoints,
-  published models, baselines).
+  published models, baselines); :func:`replace_folder` swaps in a folder built elsewhere (corpus splits).
 """
 
 from __future__ import annotations
@@ -93,14 +93,22 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(src: str | Path, path: str | Path) -> Path:
+    """Move the finished folder ``src`` (on the same file system) into ``path``'s place: an existing ``path`` is
+    moved aside first and removed after, so ``path`` is never half written."""
+    src, path = Path(src), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(src, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, path)
+    return path

@@ -45,7 +45,6 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
-import os
 import platform
 import shutil
 import sys
@@ -93,6 +92,7 @@ from midirwkv.data.validate import (
     worker_init,
 )
 from midirwkv.errors import DataError
+from midirwkv.files import replace_folder
 
 # --------------------------------------------------------------------------------------------------------
 # Validation and hashing (runs in workers)
@@ -413,10 +413,7 @@ def _merge(out: Path, srcs: list[Source | BytesSource], shard_keys: list[tuple[s
         for w in writers.values():
             w.finish()
     for name in SPLITS:
-        final = out / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp_root / name, final)
+        replace_folder(tmp_root / name, out / name)
     tmp_root.rmdir()
     return PrepareReport(
         out_dir=out, n_files=len(all_recs), n_kept=len(assignment),

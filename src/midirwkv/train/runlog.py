@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from midirwkv.errors import CheckpointError, DataError
+from midirwkv.files import atomic_folder
 
 CSV_FIELDS = ("step", "tokens", "lr", "train_loss", "val_loss", "val_span_loss", "tokens_per_s", "elapsed_s",
               "cpu_s")
@@ -43,18 +43,11 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 def save_resumable(out_dir: Path, state: dict, step: int, keep_last: int) -> Path:
     """Write ``state`` to ``checkpoints/step-NNNNNNN`` through a temporary folder; prune to ``keep_last``."""
     root = out_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE_FILE)
-    summary = {k: state[k] for k in ("step", "tokens", "elapsed_s", "cpu_s", "data_position")}
-    (tmp / "trainer.json").write_text(json.dumps(summary, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_folder(final) as tmp:
+        torch.save(state, tmp / STATE_FILE)
+        summary = {k: state[k] for k in ("step", "tokens", "elapsed_s", "cpu_s", "data_position")}
+        (tmp / "trainer.json").write_text(json.dumps(summary, indent=2))
     done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
     for old in done[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

@@ -16,13 +16,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
 from midirwkv.errors import BadRequestError
+from midirwkv.files import atomic_path
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAG_SETS = (["-O3", "-march=native", "-fno-math-errno"], ["-O3", "-fno-math-errno", "-Wno-psabi"])
@@ -87,6 +87,10 @@ def _compiler() -> str | None:
 _lock = threading.Lock()
 
 
+class _CompileError(Exception):
+    """The compiler refused one flag set (its message: the command and the end of its errors)."""
+
+
 @lru_cache(maxsize=1)
 def _library_or_reason() -> tuple[ctypes.CDLL | None, str]:
     """(library, "") or (None, why it could not be built)."""
@@ -102,15 +106,14 @@ def _library_or_reason() -> tuple[ctypes.CDLL | None, str]:
             if not lib.is_file():
                 try:
                     lib.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
-                    os.close(fd)
-                    cmd = [cc, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lpthread", "-lm"]
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-                    if proc.returncode != 0:
-                        os.unlink(tmp)
-                        errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-400:]}")
-                        continue
-                    os.replace(tmp, lib)
+                    with atomic_path(lib, 0o755) as tmp:        # the compiler writes beside it, then one rename
+                        cmd = [cc, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lpthread", "-lm"]
+                        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+                        if proc.returncode != 0:
+                            raise _CompileError(f"{' '.join(cmd)}: {proc.stderr.strip()[-400:]}")
+                except _CompileError as exc:
+                    errors.append(str(exc))
+                    continue
                 except (OSError, subprocess.SubprocessError) as exc:
                     errors.append(f"{cc} {' '.join(flags)}: {exc}")
                     continue
