@@ -288,9 +288,10 @@ def _input_path(text: str) -> Path:
     return path
 
 
-def _spans(args: argparse.Namespace) -> list[tuple[int, str]]:
-    """(track, bars text) pairs from --track/--bars and repeated --span."""
-    spans: list[tuple[int, str]] = []
+def _spans(args: argparse.Namespace) -> list[tuple[int, object]]:
+    """(track, parsed bar ranges) pairs from --track/--bars and repeated --span: the bars are parsed here once,
+    before the model loads, and handed on parsed (``requests.BarRanges``)."""
+    spans: list[tuple[int, object]] = []
     if args.bars is not None or args.track is not None:
         if args.bars is None or args.track is None:
             raise BadRequestError("--track and --bars go together", argument="--bars" if args.bars is None else
@@ -305,9 +306,7 @@ def _spans(args: argparse.Namespace) -> list[tuple[int, str]]:
     if not spans:
         raise BadRequestError("nothing to fill", argument="--bars", value=None,
                               fix="give --track T --bars A-B or --span T:A-B")
-    for _, bars in spans:
-        parse_bar_ranges(bars, argument="--bars")
-    return spans
+    return [(track, parse_bar_ranges(bars, argument="--bars")) for track, bars in spans]
 
 
 def _check_controls(args: argparse.Namespace) -> None:
@@ -341,8 +340,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
     source = _input_path(args.input)
     spans = _spans(args)
     _check_controls(args)
-    tag = "infill_" + "_".join(f"t{t}_bars{b.replace(',', '+')}" for t, b in spans) if len(spans) > 1 or args.span \
-        else f"infill_bars{spans[0][1].replace(',', '+')}"
+    tag = "infill_" + "_".join(f"t{t}_bars{str(b.text).replace(',', '+')}" for t, b in spans) \
+        if len(spans) > 1 or args.span else f"infill_bars{str(spans[0][1].text).replace(',', '+')}"
     outputs = api.output_paths(source, args.output, args.variations, tag, report=args.report)
     requests.check_seed(args.seed, "--seed")
     sample = sample_config(args)

@@ -342,7 +342,7 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     for sp in spans:
         tt = st.track(sp.track)
         for start, end in parse_bar_ranges(sp.bars):
-            check_bars_in_file(start + 1, end, n_bars, argument="bars", value=sp.bars)
+            check_bars_in_file(start + 1, end, n_bars, argument="bars", value=getattr(sp.bars, "text", sp.bars))
             plan.append((sp.track, start, end, span_controls(tt, start, end, sp, density, polyphony, durations,
                                                              free_controls)))
 

@@ -15,8 +15,19 @@ from midirwkv.errors import BadRequestError
 DURATION_NAMES = ("whole", "half", "quarter", "eighth", "sixteenth")
 
 
-def parse_bar_ranges(text: str | tuple[int, int] | list, argument: str = "bars") -> list[tuple[int, int]]:
-    """``"9-12"`` / ``"9-12,17"`` / ``(9, 12)`` -> 0-based half-open ``[(8, 12), (16, 17)]``, sorted, disjoint."""
+class BarRanges(list):
+    """Bar ranges parsed by :func:`parse_bar_ranges` (0-based half-open, sorted, disjoint), with the ``text`` they
+    came from: handed on as they are (a front end that checked its ``--bars`` early passes this, and no layer
+    parses the text again)."""
+
+    text: object = None
+
+
+def parse_bar_ranges(text: str | tuple[int, int] | list, argument: str = "bars") -> BarRanges:
+    """``"9-12"`` / ``"9-12,17"`` / ``(9, 12)`` -> 0-based half-open ``[(8, 12), (16, 17)]``, sorted, disjoint;
+    :class:`BarRanges` come back unchanged."""
+    if isinstance(text, BarRanges):
+        return text
     if isinstance(text, tuple) and len(text) == 2 and all(isinstance(v, int) for v in text):
         pieces = [f"{text[0]}-{text[1]}"]
     elif isinstance(text, (list, tuple)):
@@ -41,7 +52,9 @@ def parse_bar_ranges(text: str | tuple[int, int] | list, argument: str = "bars")
         if b_start < a_end:
             raise BadRequestError("bar ranges overlap", argument=argument, value=text,
                                   fix="give disjoint ranges, e.g. 1-4,9-12")
-    return spans
+    ranges = BarRanges(spans)
+    ranges.text = text
+    return ranges
 
 
 def check_bars_in_file(first_bar: int, last_bar: int, n_bars: int, argument: str = "last_bar",
