@@ -311,9 +311,8 @@ def _spans(args: argparse.Namespace) -> list[tuple[int, object]]:
 
 def _check_controls(args: argparse.Namespace) -> None:
     """Reject bad control values before any model is loaded."""
-    if args.density is not None and not 0 <= args.density <= DENSITY_MAX:
-        raise BadRequestError(f"--density must be 0..{DENSITY_MAX} ({DENSITY_MAX} means {DENSITY_MAX} or more notes)",
-                              argument="--density", value=args.density, fix="e.g. --density 6")
+    if args.density is not None:
+        parse_int_range(args.density, "--density", 0, DENSITY_MAX)
     if args.polyphony is not None:
         parse_int_range(args.polyphony, "--polyphony", *POLY_RANGE)
     if args.durations is not None:
