@@ -45,3 +45,21 @@ def test_the_page_has_the_same_table():
     text = GM_JS.read_text(encoding="utf-8")
     body = re.search(r"GM_NAMES = \[(.*?)\];", text, re.DOTALL).group(1)
     assert json.loads("[" + body.strip().rstrip(",") + "]") == list(GM_NAMES)
+
+
+def test_the_page_table_is_this_table():
+    """The page names instruments without asking the server (static/gm.js): its table must be this one."""
+    import json
+    import re
+    from pathlib import Path
+
+    from midirwkv.music import gm
+
+    js = (Path(gm.__file__).parents[1] / "server" / "static" / "gm.js").read_text(encoding="utf-8")
+
+    def array(name: str) -> list[str]:
+        body = re.search(rf"export const {name} = (\[.*?\]);", js, re.S).group(1)
+        return json.loads(re.sub(r",\s*\]$", "]", body))
+
+    assert array("GM_NAMES") == list(gm.GM_NAMES)
+    assert array("GM_FAMILIES") == list(gm.GM_FAMILIES)
