@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-paper", action="store_true", help="skip the paper-size random-weight model")
+    parser.add_argument("--candidates", type=int, default=SampleConfig().candidates,
+                        help="fills per variation, the most likely kept (default: SampleConfig's)")
     parser.add_argument("--int8", action="store_true", help="also measure the paper-size model with int8 weights")
     parser.add_argument("--release", action="store_true", help="also measure the release's tokenizer and layout")
     parser.add_argument("--release-tokenizer", type=Path, help="the release's tokenizer_with_acs.json (default: a "
@@ -171,7 +173,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = api.set_threads(args.threads)
     path = args.file or default_file(Path(tempfile.mkdtemp(prefix="bench_infill_")))
-    sample = SampleConfig()
+    sample = SampleConfig(candidates=args.candidates)
+    print(f"candidates per variation {sample.candidates}")
     print(f"file {path.name}, track {args.track}, bars {args.bars}, context {args.context}, torch threads {threads}")
 
     engine = None
