@@ -1,7 +1,7 @@
 """Token names <-> ids, the part every vocabulary kind shares (our tokenizer, the paper's MidiTok 3.0.5 file).
 
 A class using :class:`TokenNames` fills ``_ids`` (base name -> id), ``_names`` (id -> name; a BPE id's base
-tokens joined by spaces), ``_kind`` (base id -> token type) and ``size``, and says in ``NAME_HINT`` where valid
+tokens joined by spaces), ``_kind`` (base id -> token type), ``_pieces`` (id -> its base ids) and ``size``, and says in ``NAME_HINT`` where valid
 names come from (for the error's fix).
 """
 
@@ -19,6 +19,7 @@ class TokenNames:
     _ids: dict[str, int]
     _names: list[str]
     _kind: list[str]
+    _pieces: list[tuple[int, ...]]
     size: int
 
     def id(self, name: str) -> int:
@@ -41,6 +42,14 @@ class TokenNames:
     def kind(self, base_id: int) -> str:
         """Token type of a base id (``Pitch``, ``Position``, ``Bar``, ``TimeSig`` ...)."""
         return self._kind[base_id]
+
+    def unbpe(self, ids: Sequence[int]) -> list[int]:
+        """Ids (BPE or base) -> base ids (``_pieces``: the base ids of each id; a word-start mark has none)."""
+        out: list[int] = []
+        pieces = self._pieces
+        for i in ids:
+            out.extend(pieces[i])
+        return out
 
     def names(self, ids: Sequence[int]) -> list[str]:
         return [self.name(i) for i in ids]

@@ -225,14 +225,6 @@ class PaperVocab(TokenNames):
         words[-1] = words[-1] + list(tail)
         return self.encode_words(words)
 
-    def unbpe(self, ids: Sequence[int]) -> list[int]:
-        """Ids -> base ids (a word-start mark is dropped)."""
-        out: list[int] = []
-        pieces = self._pieces
-        for i in ids:
-            out.extend(pieces[i])
-        return out
-
     # ------------------------------------------------------------------------------------ predicates
     def starts_bar(self, id: int) -> bool:
         """The id begins with ``Bar_None`` (after its word-start mark, if any)."""

@@ -190,14 +190,6 @@ class Vocab(TokenNames):
             merged = self._bpe_memo[body] = tuple(self._model.encode("".join(self._id_to_byte[i] for i in body)).ids)
         return ids[:k] + list(merged)
 
-    def unbpe(self, ids: Sequence[int]) -> list[int]:
-        """Ids (BPE or base) -> base ids."""
-        out: list[int] = []
-        pieces = self._pieces
-        for i in ids:
-            out.extend(pieces[i])
-        return out
-
     # ------------------------------------------------------------------------------------ predicates
     def starts_bar(self, id: int) -> bool:
         """The (BPE) id begins with ``Bar_None``."""
