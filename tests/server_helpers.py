@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -16,3 +17,11 @@ def wait(c: TestClient, uid: str, job: dict, timeout: float = 60.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job did not finish: {job}")
+
+
+def upload_song(c: TestClient, path: Path, filename: str | None = None) -> dict:
+    """Upload a MIDI file as the page does (``audio/midi``); the upload's answer (AssertionError unless 201)."""
+    r = c.post(f"/api/uploads?filename={filename or path.name}", content=path.read_bytes(),
+               headers={"Content-Type": "audio/midi"})
+    assert r.status_code == 201, r.text
+    return r.json()

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
-from server_helpers import wait
+from server_helpers import upload_song, wait
 
 from midirwkv.music.remi import encode_score, load_score
 from midirwkv.music.vocab import Vocab
@@ -42,9 +42,7 @@ def client(tmp_path, model_dir):
 
 
 def upload(c: TestClient, path: Path = SONG) -> dict:
-    r = c.post(f"/api/uploads?filename={path.name}", content=path.read_bytes(), headers=MIDI)
-    assert r.status_code == 201, r.text
-    return r.json()
+    return upload_song(c, path)
 
 
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
-from server_helpers import wait
+from server_helpers import upload_song, wait
 
 from midirwkv.server.app import create_app
 
@@ -30,9 +30,7 @@ def client(tmp_path, tiny_model_dir):
 
 
 def upload(c: TestClient) -> str:
-    r = c.post("/api/uploads?filename=318.mid", content=SONG.read_bytes(), headers=MIDI)
-    assert r.status_code == 201, r.text
-    return r.json()["upload_id"]
+    return upload_song(c, SONG)["upload_id"]
 
 
 def start(c: TestClient, uid: str, **kw) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from server_helpers import upload_song
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -35,9 +36,7 @@ def client(app):
 
 
 def upload(c: TestClient) -> str:
-    r = c.post("/api/uploads?filename=song.mid", content=SONG.read_bytes(), headers=MIDI)
-    assert r.status_code == 201, r.text
-    return r.json()["upload_id"]
+    return upload_song(c, SONG, "song.mid")["upload_id"]
 
 
 # ------------------------------------------------------------------------------------------------- Host

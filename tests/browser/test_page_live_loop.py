@@ -9,17 +9,15 @@ read-only ``window.midirwkvLive`` is the witness. Screenshots go to ``artifacts/
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
+from page_helpers import shot
 
 pytestmark = pytest.mark.browser
 symusic = pytest.importorskip("symusic")
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("MIDIRWKV_BROWSER_ARTIFACTS", ROOT / "artifacts" / "browser"))
 LOADED = "() => document.getElementById('song-name').textContent.includes('version 0')"
 TPQ = 480
 BAR = 4 * TPQ
@@ -39,11 +37,6 @@ def fast_song(path: Path, qpm: float = 240.0, n_bars: int = 8) -> Path:
         score.tracks.append(track)
     score.dump_midi(str(path))
     return path
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=False)
 
 
 def live(page) -> dict:

@@ -10,18 +10,17 @@ overrides the folder).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 
 import pytest
+from page_helpers import shot
 
 pytestmark = pytest.mark.browser
 symusic = pytest.importorskip("symusic")
 
 ROOT = Path(__file__).resolve().parents[2]
 SONG = ROOT / "tests" / "fixtures" / "pop909" / "318.mid"
-ARTIFACTS = Path(os.environ.get("MIDIRWKV_BROWSER_ARTIFACTS", ROOT / "artifacts" / "browser"))
 LOADED = "() => document.getElementById('song-name').textContent.includes('version 0')"
 TPQ = 480
 BAR = 4 * TPQ
@@ -48,11 +47,6 @@ def make_song(path: Path, n_bars: int, programs: list[int], per_bar: int = 4, em
         score.tracks.append(track)
     score.dump_midi(str(path))
     return path
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=False)
 
 
 def load(page, server: str, path: Path) -> None:

@@ -12,11 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from page_helpers import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
@@ -25,44 +26,12 @@ from midirwkv.music.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 SONG = ROOT / "tests" / "fixtures" / "pop909" / "318.mid"
-ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 @pytest.fixture
-def page(tmp_path):
-    with playwright_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            accept_downloads=True,
-            viewport={"width": 1400, "height": 1000},
-        )
-        pg = context.new_page()
-        outside: list[str] = []
-        pg.on(
-            "request", lambda r: outside.append(r.url) if not r.url.startswith("http://127.0.0.1") else None
-        )
-        pg.outside = outside
-        # the server's Content-Security-Policy must fit the page: any violation is a bug of one or the other
-        pg.csp = []
-        pg.on("console", lambda m: pg.csp.append(m.text) if "Content Security Policy" in m.text else None)
-        try:
-            yield pg
-        finally:
-            context.close()
+def page(open_page):
+    """A 1400 x 1000 page from the shared fixture (it records requests leaving the server and CSP violations)."""
+    return open_page(width=1400, height=1000)
 
 
 def changed_bars(a: bytes, b: bytes) -> set[tuple[int, int]]:
