@@ -18,6 +18,7 @@ from midirwkv import __version__
 from midirwkv.cli_common import Progress, add_sample_flags, sample_config
 from midirwkv.config import PROMPT_LAYOUTS, SampleConfig
 from midirwkv.errors import BadRequestError, MidiRwkvError
+from midirwkv.infer.edits import DEFAULT_STRATEGY, STRATEGIES
 from midirwkv.infer.requests import parse_bar_ranges, parse_durations, parse_int_range
 from midirwkv.infer.style import parse_style_args
 from midirwkv.music.controls import DENSITY_MAX, POLY_RANGE
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bars", metavar="A-B[,C-D]", help="bars to fill, 1-based inclusive, e.g. 9-12")
     p.add_argument("--span", action="append", metavar="T:A-B", default=[],
                    help="a track and bars to fill; repeat for several spans (filled in the order given)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                   help="several spans: sequential (in the order given), reverse (last first) or joint (per "
+                        "track one fill from its first span to its last, the bars between kept as they are; "
+                        f"reports/multi_edit) (default {DEFAULT_STRATEGY})")
     p.add_argument("--context", type=int, default=CONTEXT_BARS, metavar="BARS",
                    help=f"bars of context each side (default {CONTEXT_BARS})")
     p.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
@@ -350,7 +355,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
         source, spans=[requests.Span(track=t, bars=b) for t, b in spans], density=args.density,
         polyphony=args.polyphony, durations=args.durations, free_controls=args.free_controls,
         context=args.context, max_prompt_tokens=args.max_prompt_tokens, variations=args.variations,
-        seed=args.seed, sample=sample, engine=engine, progress=progress, style=parse_style_args(args.style))
+        seed=args.seed, sample=sample, engine=engine, progress=progress, style=parse_style_args(args.style),
+        strategy=args.strategy)
     for score, path in zip(report.scores, outputs):
         api.save_score(score, path, protect=source)
         progress(f"wrote {path}")

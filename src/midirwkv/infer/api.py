@@ -7,6 +7,7 @@ indices that ``midirwkv inspect`` prints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,8 +19,9 @@ import torch
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError, CheckpointError
 from midirwkv.files import atomic_path, write_atomic  # noqa: F401  (write_atomic: part of this module's API)
+from midirwkv.infer.edits import DEFAULT_STRATEGY, Hole, check_strategy, plan_groups
 from midirwkv.infer.generate import GeneratedSpan, Grammar
-from midirwkv.infer.pipeline import open_span, open_track, span_checker, splice_span, splice_written_track
+from midirwkv.infer.pipeline import open_span, open_track, span_checker, splice_runs, splice_written_track
 from midirwkv.infer.reports import (
     BarReport,
     Report,
@@ -292,12 +294,16 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
            free_controls: bool = False, context: int = CONTEXT_BARS, max_prompt_tokens: int | None = None,
            variations: int = 1, seed: int | None = None, sample: SampleConfig | None = None,
            engine: Engine | None = None, model: str | Path | None = None, threads: int | None = None,
-           progress: Progress | None = None, style=None, tokenizer: str | Path | None = None):
+           progress: Progress | None = None, style=None, tokenizer: str | Path | None = None,
+           strategy: str = DEFAULT_STRATEGY):
     """Regenerate bars of one or more tracks; returns ``(score, report)``.
 
     ``source`` is a path, MIDI bytes or a ``symusic.Score`` (never modified). Give ``track`` and ``bars``
     (1-based inclusive, e.g. ``"9-12"``; several ranges ``"1-4,9-12"``) or ``spans=[Span(...), ...]``;
-    spans are filled one after another, each seeing the results before it. Controls: ``density`` (0..18,
+    with ``strategy="sequential"`` (the default, see ``infer.edits``) spans are filled one after another, each
+    seeing the results before it; ``"reverse"`` fills the last first; ``"joint"`` fills the spans of a track in
+    one generation from its first span to its last, the bars between them read unchanged (only the spans are
+    rewritten). Controls: ``density`` (0..18,
     18 = 18+), ``polyphony`` ("1-3"), ``durations`` ("quarter,eighth"); the rest are measured from the
     original bars, or left free with ``free_controls``. ``variations`` results are sampled as one batch
     from one cached prompt state; variation ``i`` uses seed ``seed + i``. The returned score is the first
@@ -337,29 +343,34 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
     n_bars = len(st.bar_ticks) - 1
     say(f"read {len(st.tracks)} tracks, {n_bars} bars")
 
-    # every span as (track, start, end, controls), validated before any generation
-    plan = []
+    # every span as a Hole (track, bars, controls), validated before any generation
+    strategy = check_strategy(strategy)
+    holes = []
     for sp in spans:
         tt = st.track(sp.track)
         for start, end in parse_bar_ranges(sp.bars):
             check_bars_in_file(start + 1, end, n_bars, argument="bars", value=getattr(sp.bars, "text", sp.bars))
-            plan.append((sp.track, start, end, span_controls(tt, start, end, sp, density, polyphony, durations,
-                                                             free_controls)))
+            holes.append(Hole(sp.track, start, end, tuple(span_controls(tt, start, end, sp, density, polyphony,
+                                                                        durations, free_controls))))
+    groups = plan_groups(holes, strategy)
 
     results = [VariationReport(seed=seed + i, spans=[]) for i in range(variations)]
     current = [(score, st)] * variations
     timings["prefill"] = timings["generate"] = timings["splice"] = 0.0
-    for s_index, (trk, start, end, asked) in enumerate(plan):
-        say(f"span {s_index + 1}/{len(plan)}: track {trk} bars {start + 1}-{end}")
-        request_kwargs = {"track": trk, "start": start, "end": end, "controls": asked, "context_bars": context}
-        if max_prompt_tokens is not None:
-            request_kwargs["max_prompt_tokens"] = max_prompt_tokens
-        req = InfillRequest(**request_kwargs)
+    for s_index, group in enumerate(groups):
+        trk, start, end = group.track, group.start, group.end
+        say(f"span {s_index + 1}/{len(groups)}: track {trk} bars {start + 1}-{end}"
+            + (f" ({len(group.runs())} holes, the bars between them kept)" if len(group.runs()) > 1 else ""))
         # the first span starts from one shared prompt: all variations in one batch from one cached state
-        groups = [list(range(variations))] if s_index == 0 else [[i] for i in range(variations)]
-        for group in groups:
-            g_score, g_st = current[group[0]]
+        batches = [list(range(variations))] if s_index == 0 else [[i] for i in range(variations)]
+        for batch in batches:
+            g_score, g_st = current[batch[0]]
             tt = g_st.track(trk)
+            asked = group.controls(tt)
+            request_kwargs = {"track": trk, "start": start, "end": end, "controls": asked, "context_bars": context}
+            if max_prompt_tokens is not None:
+                request_kwargs["max_prompt_tokens"] = max_prompt_tokens
+            req = InfillRequest(**request_kwargs)
             t1 = time.perf_counter()
             session = open_span(engine, g_st, req, model=run_model, init_state=init_state)
             prompt = session.prompt
@@ -368,17 +379,23 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
             say(f"prompt {len(prompt.ids)} tokens (bars {prompt.window[0] + 1}-{prompt.window[1]} as context), "
                 f"prefill {t2 - t1:.2f}s")
             checker = span_checker(engine, g_score, g_st, req, asked, cfg)
-            span_seed = seed + group[0] + s_index * variations
-            outs = session.generate(len(group), cfg, span_seed, checker=checker)
+            span_seed = seed + batch[0] + s_index * variations
+            outs = session.generate(len(batch), cfg, span_seed, checker=checker,
+                                    forced=group.forced(vocab, tt))
             t3 = time.perf_counter()
             timings["generate"] += t3 - t2
             say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
-                f"({len(group)} variation{'s' if len(group) > 1 else ''})")
-            for i, out in zip(group, outs):
-                new_score, new_st = splice_span(engine, g_score, g_st, req, out)
+                f"({len(batch)} variation{'s' if len(batch) > 1 else ''})")
+            for i, out in zip(batch, outs):
+                new_score, new_st = splice_runs(engine, g_score, g_st, req, out, group.runs())
                 current[i] = (new_score, new_st)
-                results[i].spans.append(span_report(new_st, trk, start, end, asked, out, len(prompt.ids),
-                                                     prompt.window, t3 - t2, tt.is_drum))
+                for k, (a, b) in enumerate(group.runs()):
+                    # a joint fill's holes share its prompt; its tokens and time are counted on its first hole
+                    part = dataclasses.replace(out, attempts=out.attempts[a - start:b - start],
+                                               sampled=out.sampled if k == 0 else 0)
+                    results[i].spans.append(span_report(new_st, trk, a, b, list(asked[a - start:b - start]), part,
+                                                         len(prompt.ids), prompt.window,
+                                                         (t3 - t2) if k == 0 else 0.0, tt.is_drum))
             timings["splice"] += time.perf_counter() - t3
     for i, var in enumerate(results):
         var.score = current[i][0]

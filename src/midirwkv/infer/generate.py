@@ -144,6 +144,22 @@ def requested_density(vocab, control_ids: Sequence[int]) -> int | None:
     return None
 
 
+def check_forced(forced: Sequence[Sequence[int] | None] | None, n_bars: int) -> list:
+    """``forced`` as one entry per bar (None: generate the bar), checked; ``[None] * n_bars`` when not given."""
+    if forced is None:
+        return [None] * n_bars
+    if isinstance(forced, (str, bytes)) or not isinstance(forced, Sequence) or len(forced) != n_bars:
+        raise BadRequestError("need one entry per span bar in forced (None for a bar to generate)",
+                              argument="forced", value=forced if not isinstance(forced, Sequence) else len(forced),
+                              fix=f"give {n_bars} entries")
+    if forced[0] is not None or forced[-1] is not None:
+        raise BadRequestError("the first and the last bar of a span must be generated", argument="forced",
+                              value=[i for i, f in enumerate(forced) if f is not None],
+                              fix="keep bars only between generated bars (shrink the span to its first and "
+                                  "last generated bar)")
+    return [None if f is None else [int(t) for t in f] for f in forced]
+
+
 @dataclass
 class GeneratedSpan:
     """One variation of one span: exactly the requested bars, as base ids (header included, no controls)."""
@@ -185,6 +201,7 @@ class _Row:
     done: bool = False
     snapshot: tuple | None = None          # (state rows, token) just before the bar's last forced token
     best: tuple | None = None              # (mismatch, bar tokens, state rows after the body) of this bar
+    forced: list = field(default_factory=list)   # per bar: BPE body ids of a kept bar, or None (generated)
 
 
 class Generator:
@@ -201,7 +218,8 @@ class Generator:
     @torch.inference_mode()
     def run(self, prefix_state, headers: Sequence[Sequence[int]], controls: Sequence[Sequence[int]],
             cfg: SampleConfig, seeds: Sequence[int], checker=None, *, empty_runs: bool = False,
-            require_notes: bool = False, context_pitches: Sequence[int] = ()) -> list[GeneratedSpan]:
+            require_notes: bool = False, context_pitches: Sequence[int] = (),
+            forced: Sequence[Sequence[int] | None] | None = None) -> list[GeneratedSpan]:
         """Fill ``len(headers)`` bars for each seed from ``prefix_state`` (batch 1, after ``FillBar_Start``).
 
         ``checker(bar_index, base_ids) -> int`` (number of missed controls) enables control re-sampling.
@@ -209,9 +227,14 @@ class Generator:
         ``require_notes`` forbids ending the last bar while every earlier bar of the row was empty.
         ``context_pitches`` (the target track's pitches around the span) feed the pitch prior when
         ``cfg.keep_key`` or ``cfg.keep_register`` is above 0 (never on drums).
+        ``forced`` (one entry per bar) keeps bars unchanged inside the span: an entry holds the BPE ids of a
+        bar's body (``vocab.bpe`` of its notes), read after the bar's header and controls instead of being
+        sampled (teacher forcing), so the generated bars around it see it and lead into it; ``None`` entries
+        are generated. The first and the last bar must be generated (a kept bar at either end belongs outside
+        the span). A kept bar is returned as its header plus its notes, with 0 attempts.
         """
         steps = self.iter_run(prefix_state, headers, controls, cfg, seeds, checker, empty_runs=empty_runs,
-                              require_notes=require_notes, context_pitches=context_pitches)
+                              require_notes=require_notes, context_pitches=context_pitches, forced=forced)
         while True:
             try:
                 next(steps)
@@ -221,7 +244,8 @@ class Generator:
     @torch.inference_mode()
     def iter_run(self, prefix_state, headers: Sequence[Sequence[int]], controls: Sequence[Sequence[int]],
                  cfg: SampleConfig, seeds: Sequence[int], checker=None, *, empty_runs: bool = False,
-                 require_notes: bool = False, context_pitches: Sequence[int] = ()
+                 require_notes: bool = False, context_pitches: Sequence[int] = (),
+                 forced: Sequence[Sequence[int] | None] | None = None
                  ) -> abc.Generator[tuple[int, int, list[int]], None, list[GeneratedSpan]]:
         """The loop of :meth:`run` as a generator: yields ``(row, bar index, base ids)`` as each bar is kept.
 
@@ -234,6 +258,7 @@ class Generator:
         if n_bars == 0 or len(controls) != n_bars:
             raise BadRequestError("need one control list per requested bar", argument="bar_controls",
                                   value=len(controls), fix=f"give {n_bars} control lists")
+        kept_bars = check_forced(forced, n_bars)
         batch = len(seeds)
         vocab = self.vocab
         chain = build_chain(cfg, self.pitch_prior(cfg, context_pitches), self.grammar.musical)
@@ -243,7 +268,7 @@ class Generator:
         # the first bar's opening is the same for every row: read it once at batch 1, then copy the state
         opening = list(headers[0]) + list(controls[0])
         state = self._read(prefix_state, opening[:-1]).expand(batch)
-        rows = [_Row(queue=[opening[-1]], fed=opening[:-1]) for _ in range(batch)]
+        rows = [_Row(queue=[opening[-1]], fed=opening[:-1], forced=kept_bars) for _ in range(batch)]
         logits: Tensor | None = None
         pad = vocab.pad
         emitted = [0] * batch                                    # bars of each row yielded so far
@@ -371,12 +396,24 @@ class Generator:
         row.bar += 1
         row.bar_tokens, row.state, row.pos, row.notes = [], S_START, -1, 0
         row.tries, row.limit_hits, row.best = 1, 0, None
+        kept: list[int] = []
+        while row.bar < n_bars and row.forced[row.bar] is not None:     # kept bars: read, never sampled
+            body = list(row.forced[row.bar])
+            kept += list(headers[row.bar]) + list(controls[row.bar]) + body
+            row.bars.append(list(headers[row.bar]) + list(self.vocab.unbpe(body)))
+            row.history.extend(body)
+            row.attempts.append(0)
+            if checker is not None:
+                row.mismatches.append(0)
+            row.prev_empty = not body
+            row.has_notes = row.has_notes or bool(body)
+            row.bar += 1
         if row.bar == n_bars:
             row.done = True
             return self.vocab.pad
-        # open the next bar: header and controls read in one parallel call for this row, the last one fed
-        # by the batched step so the bar can be redone from just before it
-        opening = list(headers[row.bar]) + list(controls[row.bar])
+        # open the next bar (after any kept bars): header and controls read in one parallel call for this row,
+        # the last one fed by the batched step so the bar can be redone from just before it
+        opening = kept + list(headers[row.bar]) + list(controls[row.bar])
         state.put(b, self._read(state.index(b), opening[:-1]))
         row.snapshot = (state.index(b), opening[-1])
         row.fed.extend(opening)

@@ -79,6 +79,22 @@ def splice_span(engine, score, st, req, out: GeneratedSpan):
     return new_score, encode_score(new_score, engine.vocab, grid=(st.bar_ticks, st.time_sigs))
 
 
+def splice_runs(engine, score, st, req, out: GeneratedSpan, runs: list[tuple[int, int]]):
+    """``(new score, its ScoreTokens on the original's grid)`` when only the bars of ``runs`` (file bars
+    ``[a, b)`` inside the span) are written: a joint fill's kept bars are never rewritten, so their notes keep
+    their exact ticks and velocities. ``runs`` covering the whole span is :func:`splice_span`."""
+    from midirwkv.music.infill import InfillRequest, splice
+    from midirwkv.music.remi import encode_score
+
+    if runs == [(req.start, req.end)]:
+        return splice_span(engine, score, st, req, out)
+    new_score = score
+    for a, b in runs:
+        part = InfillRequest(track=req.track, start=a, end=b)
+        new_score = splice(new_score, st, part, out.bars[a - req.start:b - req.start], engine.vocab)
+    return new_score, encode_score(new_score, engine.vocab, grid=(st.bar_ticks, st.time_sigs))
+
+
 def splice_written_track(engine, score, st, req, out: GeneratedSpan):
     """``(new score, its ScoreTokens on the original's grid)`` of one written track (add or regenerate)."""
     from midirwkv.music.infill import splice_track

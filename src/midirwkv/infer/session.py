@@ -64,7 +64,8 @@ class InfillSession:
 
     def generate(self, variations: int = 1, sample: SampleConfig | None = None, seed: int | None = None,
                  controls: Sequence[Sequence[int]] | None = None,
-                 checker: Callable[[int, list[int]], int] | None = None) -> list[GeneratedSpan]:
+                 checker: Callable[[int, list[int]], int] | None = None,
+                 forced: Sequence[Sequence[int] | None] | None = None) -> list[GeneratedSpan]:
         """Sample ``variations`` fills of the span as one batch, from the cached prefix state.
 
         Variation ``i`` uses seed ``seed + i`` (a random seed when ``seed`` is None), so a result is
@@ -72,6 +73,7 @@ class InfillSession:
         ``sample.candidates`` > 1 samples that many fills per variation in the same batch and keeps the one the
         model finds most likely (:func:`midirwkv.infer.rank.best_of`); ``sampled`` then counts them all.
         ``sample.keep_key`` / ``sample.keep_register`` weigh the pitch prior of the prompt's context pitches.
+        ``forced`` keeps bars inside the span unchanged (see :meth:`Generator.run`).
         """
         if not isinstance(variations, int) or variations < 1:
             raise BadRequestError("variations must be a positive integer", argument="variations", value=variations,
@@ -87,11 +89,11 @@ class InfillSession:
         k = cfg.candidates
         if k == 1:
             return self.generator.run(self.state, self.headers, bar_controls, cfg, seeds, checker,
-                                      context_pitches=self.context_pitches)
+                                      context_pitches=self.context_pitches, forced=forced)
         # variation i samples its k fills with seeds ((seed + i) * k + j) mod 2**63, so its reported seed redoes it
         fill_seeds = [(s * k + j) % SEED_SPACE for s in seeds for j in range(k)]
         outs = self.generator.run(self.state, self.headers, bar_controls, cfg, fill_seeds, checker,
-                                  context_pitches=self.context_pitches)
+                                  context_pitches=self.context_pitches, forced=forced)
         kept = []
         for i, s in enumerate(seeds):
             group = outs[i * k:(i + 1) * k]
