@@ -17,7 +17,10 @@ Other tracks keep their notes inside the span. Each infilled bar's header carrie
 signature (the authors forced 4/4). Context bars are BPE-encoded one bar at a time, headers unmerged (with the
 paper's released tokenizer, ``music.paper_vocab``, each track is encoded as MidiTok 3.0.5 encodes it).
 When the prompt exceeds its token budget the context shrinks by whole bars, the larger side first (so
-it stays symmetric), never the span.
+it stays symmetric), never the span. With ``own_bars_first`` (opt-in) the budget goes to the target track's own
+context bars first (the widest such window that fits with the other tracks on the span only, shrunk the same
+way), then to the other tracks' bars nearest the span, inside the target's window, as many as still fit
+(``Prompt.other_window``); the other tracks always keep their bars inside the span.
 
 Track infilling (a new track, or one regenerated whole)::
 
@@ -28,7 +31,7 @@ and the generator writes the track's bars, each opened with its real header.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +83,7 @@ class InfillRequest:
                                                 # any field None inside = left free (no token fed)
     context_bars: int = CONTEXT_BARS  # bars of context left and right of the span
     max_prompt_tokens: int = 8192
+    own_bars_first: bool = False     # under the budget, the target track's context bars before the others'
 
 
 @dataclass
@@ -92,6 +96,9 @@ class Prompt:
     context_pitches: list[int] = field(default_factory=list)
     """Pitches of the target track's notes in the context bars of ``window`` (not the span), in order;
     empty for drums. The pitch prior of ``infer.processors.PitchPrior`` is fitted to them."""
+    other_window: tuple[int, int] | None = None
+    """Bars ``[lo, hi)`` the other tracks were written with: ``window`` itself, or with ``own_bars_first`` a
+    window inside it (never narrower than the span)."""
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -138,6 +145,10 @@ def validate_request(st: ScoreTokens, req: InfillRequest) -> tuple[TrackTokens, 
                               fix="use end > start, e.g. start=8, end=12 for four bars")
     _check_int("context_bars", req.context_bars, 0, None, "use 0 or more bars, e.g. 16")
     _check_int("max_prompt_tokens", req.max_prompt_tokens, 1, None, "use a positive budget, e.g. 8192")
+    if not isinstance(req.own_bars_first, bool):
+        raise BadRequestError("own_bars_first must be True or False", argument="own_bars_first",
+                              value=req.own_bars_first, fix="pass True to fill the budget with the target's bars "
+                                                            "first, False for one window for every track")
     n = end - start
     if req.controls is None:
         controls = list(tt.controls[start:end])
@@ -175,7 +186,9 @@ def build_prompt(vocab, st: ScoreTokens, req: InfillRequest, layout: str = "file
     headers = [list(tt.bars[b][:2]) for b in range(start, end)]
     ctrl_ids = [vocab.ids(c.to_tokens(tt.is_drum)) for c in controls]
 
-    def cost(lo: int, hi: int) -> int:
+    def cost(lo: int, hi: int, olo: int | None = None, ohi: int | None = None) -> int:
+        """Estimated prompt length: the target's context bars [lo, hi), the others' [olo, ohi) (default the same)."""
+        olo, ohi = lo if olo is None else olo, hi if ohi is None else ohi
         total = 1 + len(headers[0]) + len(ctrl_ids[0])
         for t in st.tracks:
             c = lens[t.index]
@@ -183,19 +196,23 @@ def build_prompt(vocab, st: ScoreTokens, req: InfillRequest, layout: str = "file
             if t.index == tt.index:
                 total += int(c[start] - c[lo]) + (end - start) + int(c[hi] - c[end])
             else:
-                total += int(c[hi] - c[lo])
+                total += int(c[ohi] - c[olo])
         return total
 
+    budget = int(req.max_prompt_tokens)
     left = min(int(req.context_bars), start)
     right = min(int(req.context_bars), n_bars - end)
-    while cost(start - left, end + right) > req.max_prompt_tokens and (left or right):
-        if left >= right:
-            left -= 1
-        else:
-            right -= 1
-    lo, hi = start - left, end + right
-    need = cost(lo, hi)
-    if need > req.max_prompt_tokens:
+    if req.own_bars_first:
+        # the target's own bars first, the other tracks on the span only; then the others' bars inside that window
+        left, right = _shrink(lambda a, b: cost(start - a, end + b, start, end) > budget, left, right)
+        lo, hi = start - left, end + right
+        oleft, oright = _shrink(lambda a, b: cost(lo, hi, start - a, end + b) > budget, left, right)
+        olo, ohi = start - oleft, end + oright
+    else:
+        left, right = _shrink(lambda a, b: cost(start - a, end + b) > budget, left, right)
+        lo, hi = olo, ohi = start - left, end + right
+    need = cost(lo, hi, olo, ohi)
+    if need > budget:
         raise BadRequestError("the prompt does not fit the token budget even without context",
                               argument="max_prompt_tokens", value=req.max_prompt_tokens,
                               fix=f"raise it to at least {need}, or infill fewer bars at once")
@@ -203,22 +220,40 @@ def build_prompt(vocab, st: ScoreTokens, req: InfillRequest, layout: str = "file
     if layout == "target_last":
         order = [t for t in order if t.index != tt.index] + [tt]
     while True:
-        ids = _infill_ids(vocab, order, tt, bpe_bars, lo, hi, start, end)
+        ids = _infill_ids(vocab, order, tt, bpe_bars, (lo, hi), (olo, ohi), start, end)
         ids += [vocab.fillbar_start] + headers[0] + ctrl_ids[0]
         # a vocabulary whose BPE merges a track's head into its first bar (the paper's) can differ from the
-        # per-bar estimate by a token or two: shrink further until the real prompt fits
-        if len(ids) <= req.max_prompt_tokens or (lo, hi) == (start, end):
+        # per-bar estimate by a token or two: shrink further (the other tracks first with own_bars_first)
+        if len(ids) <= budget or (lo, hi, olo, ohi) == (start, end, start, end):
             break
-        if start - lo >= hi - end:
-            lo += 1
+        if req.own_bars_first and (olo, ohi) != (start, end):
+            olo, ohi = _narrowed(olo, ohi, start, end)
         else:
-            hi -= 1
-    if len(ids) > req.max_prompt_tokens:
+            lo, hi = _narrowed(lo, hi, start, end)
+            olo, ohi = (max(olo, lo), min(ohi, hi)) if req.own_bars_first else (lo, hi)
+    if len(ids) > budget:
         raise BadRequestError("the prompt does not fit the token budget even without context",
                               argument="max_prompt_tokens", value=req.max_prompt_tokens,
                               fix=f"raise it to at least {len(ids)}, or infill fewer bars at once")
     return Prompt(ids=ids, bar_headers=headers, bar_controls=ctrl_ids, request=req, window=(lo, hi),
-                  context_pitches=_context_pitches(vocab, tt, [*range(lo, start), *range(end, hi)]))
+                  context_pitches=_context_pitches(vocab, tt, [*range(lo, start), *range(end, hi)]),
+                  other_window=(olo, ohi))
+
+
+def _shrink(too_long: Callable[[int, int], bool], left: int, right: int) -> tuple[int, int]:
+    """Context bars ``(left, right)`` each side of a span, one bar off the larger side (the left on a tie) at a
+    time while ``too_long(left, right)`` and any are left."""
+    while too_long(left, right) and (left or right):
+        if left >= right:
+            left -= 1
+        else:
+            right -= 1
+    return left, right
+
+
+def _narrowed(lo: int, hi: int, start: int, end: int) -> tuple[int, int]:
+    """The window ``[lo, hi)`` around the span ``[start, end)`` one bar narrower, on its larger side."""
+    return (lo + 1, hi) if start - lo >= hi - end else (lo, hi - 1)
 
 
 def _merges_track_words(vocab) -> bool:
@@ -231,9 +266,12 @@ def _has_program(vocab, program: int) -> bool:
 
 
 def _infill_ids(vocab, order: Sequence[TrackTokens], tt: TrackTokens, bpe_bars: dict[int, list[list[int]]],
-                lo: int, hi: int, start: int, end: int) -> list[int]:
-    """The tracks of a bar-infilling prompt, context bars ``[lo, hi)``, the target's span as ``Infill_Bar``s."""
+                window: tuple[int, int], other_window: tuple[int, int], start: int, end: int) -> list[int]:
+    """The tracks of a bar-infilling prompt: the target's context bars ``window`` with its span as
+    ``Infill_Bar``s, every other track's bars ``other_window``."""
     ids: list[int] = []
+    lo, hi = window
+    olo, ohi = other_window
     span = [vocab.infill_bar] * (end - start)
     for t in order:
         head = [vocab.track_start, _program_id(vocab, t.program)]
@@ -241,7 +279,7 @@ def _infill_ids(vocab, order: Sequence[TrackTokens], tt: TrackTokens, bpe_bars: 
             if t.index == tt.index:
                 words = [t.bars[b] for b in range(lo, start)] + [span] + [t.bars[b] for b in range(end, hi)]
             else:
-                words = [t.bars[b] for b in range(lo, hi)]
+                words = [t.bars[b] for b in range(olo, ohi)]
             ids += vocab.track_ids(head, words, [vocab.track_end])
             continue
         ids += head
@@ -253,7 +291,7 @@ def _infill_ids(vocab, order: Sequence[TrackTokens], tt: TrackTokens, bpe_bars: 
             for b in range(end, hi):
                 ids += bars[b]
         else:
-            for b in range(lo, hi):
+            for b in range(olo, ohi):
                 ids += bars[b]
         ids.append(vocab.track_end)
     return ids
