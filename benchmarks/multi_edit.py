@@ -285,6 +285,9 @@ def main() -> None:
     ]
     tail = ["## Choice", "", f"Rule (module docstring): {why}. **Default: `{winner}`** "
             "(`midirwkv.infer.edits.DEFAULT_STRATEGY`).", ""]
+    reading = out / "reading.md"                          # hand-written; copied into every rewrite
+    if reading.is_file():
+        tail += ["## Reading", "", reading.read_text(encoding="utf-8").strip(), ""]
     write_text_atomic(out / "report.md", "\n".join(head + lines + tail))
     write_text_atomic(out / "report.json", json.dumps({"command": cmd, "cases": len(cases), "summary": summary,
                                                        "winner": winner, "why": why}, indent=1, default=float))

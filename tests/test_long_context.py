@@ -12,7 +12,7 @@ import pytest
 
 from midirwkv.errors import BadRequestError
 from midirwkv.music import remi
-from midirwkv.music.infill import InfillRequest, build_prompt
+from midirwkv.music.infill import InfillRequest, build_prompt, nearest_last
 from midirwkv.music.vocab import Vocab
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "midirwkv" / "assets" / "examples"
@@ -42,7 +42,9 @@ def expected_ids(vocab, st, prompt, layout: str) -> list[int]:
     (lo, hi), (olo, ohi) = prompt.window, prompt.other_window
     tracks = list(st.tracks)
     if layout == "target_last":
-        tracks = [t for t in tracks if t.index != req.track] + [st.track(req.track)]
+        others = [t for t in tracks if t.index != req.track]
+        tracks = nearest_last(vocab, others, st.track(req.track), [*range(lo, req.start), *range(req.end, hi)])
+        tracks += [st.track(req.track)]
     ids: list[int] = []
     for t in tracks:
         ids += [vocab.track_start, vocab.id(f"Program_{t.program}")]

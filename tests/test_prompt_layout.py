@@ -49,7 +49,8 @@ def _track_blocks(vocab, ids):
 def test_target_last_puts_the_target_right_before_the_span(vocab, song, target):
     _, st = song
     req = InfillRequest(track=st.tracks[target].index, start=8, end=12, context_bars=4)
-    old, new = build_prompt(vocab, st, req, "file_order"), build_prompt(vocab, st, req, "target_last")
+    old = build_prompt(vocab, st, req, "file_order")
+    new = build_prompt(vocab, st, req, "target_last", other_order="file")
     # the same tokens, the same window, the same opening: only the order of the track blocks differs
     assert Counter(old.ids) == Counter(new.ids) and old.window == new.window
     assert old.bar_headers == new.bar_headers and old.bar_controls == new.bar_controls
@@ -61,6 +62,36 @@ def test_target_last_puts_the_target_right_before_the_span(vocab, song, target):
     assert new.ids[fill - 1] == vocab.track_end and new.ids.count(vocab.track_end) == len(st.tracks)
     # the target's own last context bar now ends a few tokens before the span instead of behind other tracks
     assert len(new.ids) - new.ids[::-1].index(vocab.infill_bar) > len(old.ids) - old.ids[::-1].index(vocab.infill_bar)
+
+
+def test_other_tracks_come_furthest_register_first(vocab):
+    """Bach's four voices, the Alto infilled: the others from the furthest register (mean pitch of the notes in the
+    context bars, read from the MIDI file itself) to the nearest, the Alto last."""
+    score = remi.load_score(FIXTURES.parent.parent / "src" / "midirwkv" / "assets" / "examples" / "bach_bwv269.mid")
+    st = remi.encode_score(score, vocab)
+    alto = next(t for t in st.tracks if t.name == "Alto")
+    req = InfillRequest(track=alto.index, start=8, end=12, context_bars=4)
+    prompt = build_prompt(vocab, st, req, "target_last")
+    lo, hi = prompt.window
+    t0, t8, t12, t1 = (st.bar_ticks[b] for b in (lo, 8, 12, hi))
+
+    def mean_pitch(index: int) -> float:
+        notes = [n.pitch for n in score.tracks[index].notes if t0 <= n.time < t8 or t12 <= n.time < t1]
+        return float(np.mean(notes))
+
+    others = sorted((t for t in st.tracks if t.index != alto.index),
+                    key=lambda t: -abs(mean_pitch(t.index) - mean_pitch(alto.index)))
+    programs = [vocab.id(f"Program_{t.program}") for t in others + [alto]]
+    blocks = _track_blocks(vocab, prompt.ids)
+    assert [b[0] for b in blocks] == programs
+    assert [t.name for t in others] == ["Bass", "Soprano", "Tenor"]     # not file order (Soprano, Tenor, Bass)
+    # the same blocks as file order, reordered
+    file_blocks = _track_blocks(vocab, build_prompt(vocab, st, req, "target_last", other_order="file").ids)
+    by_index = {t.index: b for t, b in zip([t for t in st.tracks if t.index != alto.index] + [alto], file_blocks)}
+    assert blocks == [by_index[t.index] for t in others + [alto]]
+    with pytest.raises(BadRequestError) as err:
+        build_prompt(vocab, st, req, "target_last", other_order="random")
+    assert err.value.argument == "other_order"
 
 
 def test_layout_is_checked(vocab, song):

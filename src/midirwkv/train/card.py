@@ -340,10 +340,12 @@ _VAL_KEYS = ("val_split", "val_seed", "eval_batches", "micro_batch", "ctx_len", 
 
 
 def _val_settings(meta: dict) -> dict:
-    """The settings that define a run's validation samples (older runs drew them with ``seed``)."""
+    """The settings that define a run's validation samples (older runs drew them with ``seed``, and wrote the
+    other tracks of a target-last prompt in file order)."""
     c = dict(meta.get("train_config") or {})
     c.setdefault("val_seed", c.get("seed", 0))
-    return {k: c.get(k) for k in _VAL_KEYS} | {"data": (meta.get("data_manifest") or {}).get("vocab_hash")}
+    return {k: c.get(k) for k in _VAL_KEYS} | {"data": (meta.get("data_manifest") or {}).get("vocab_hash"),
+                                               "other_order": meta.get("other_order", "file")}
 
 
 def compare_on_same_samples(run_dir: str | Path, out: str | Path, data_dir: str | Path

@@ -447,7 +447,8 @@ def _train(cfg: DeviceConfig, pack: Pack, model: torch.nn.Module, model_cfg: Mod
              "data_manifest": pack.meta.get("data_manifest", {}), "data_dir": pack.meta.get("data_dir"),
              "val_curve": val_curve, "last_train_loss": last_loss,
              "train_config": _train_config(cfg, pack, model_cfg, B, budget_s, init_from, eval_every, device).to_dict(),
-             "init_from": init_from or None, "init_meta": start.meta if init_from and start else None, "device": dev}
+             "init_from": init_from or None, "init_meta": start.meta if init_from and start else None, "device": dev,
+             "other_order": pack.meta["train"].get("other_order", "file")}     # packs before the order was recorded
         if grown is not None:
             m["grown_from_layers"] = grown
         return m

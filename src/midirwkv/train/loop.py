@@ -480,11 +480,13 @@ def train(cfg: TrainConfig, callback: Callable[[StepInfo], None] | None = None) 
     final_dir = None
     model.eval()
     if info.is_main:
+        from midirwkv.music.infill import OTHER_ORDER  # how the target-last samples ordered the other tracks
+
         if last_ckpt is None or int(last_ckpt.name.split("-")[1]) != step:
             last_ckpt = save_resumable(out_dir, checkpoint_state(pos_at_step), step, cfg.keep_last)
         meta = {"kind": "pretrain", "steps": step, "tokens_seen": tokens, "elapsed_s": round(elapsed(), 3),
                 "cpu_s": round(cpu_used(), 3), "data_manifest": manifest, "data_dir": str(data_dir), "val_curve": val_curve,
-                "last_train_loss": last_loss, "train_config": cfg.to_dict(),
+                "last_train_loss": last_loss, "train_config": cfg.to_dict(), "other_order": OTHER_ORDER,
                 "init_from": cfg.init_from or None, "init_meta": init_meta}
         if grown_from is not None:
             meta["grown_from_layers"] = grown_from

@@ -325,6 +325,8 @@ def pack_device(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | No
     n = stats["samples"]
     share = (f"{min(n, train_files)} of {train_files} train files ({100 * min(n, train_files) / train_files:.1f} %)"
              f", {n / train_files:.2f} samples per file")
+    from midirwkv.music.infill import OTHER_ORDER
+
     meta = {
         "format": PACK_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -335,7 +337,8 @@ def pack_device(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | No
         "pad_id": vocab.pad,
         "given_ids": given_ids(vocab),
         "train": {"key": key, "seed": cfg.seed, "ctx_len": cfg.ctx_len, "p_track": cfg.p_track,
-                  "augment": cfg.augment, "prompt_layout": cfg.prompt_layout, "part_samples": part_samples,
+                  "augment": cfg.augment, "prompt_layout": cfg.prompt_layout, "other_order": OTHER_ORDER,
+                  "part_samples": part_samples,
                   "samples": n, "tokens": stats["tokens"], "span_tokens": stats["span"],
                   "train_files": train_files, "passes_over_files": round(n / train_files, 4), "share": share,
                   "parts": parts},
