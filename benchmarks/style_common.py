@@ -37,14 +37,46 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- songs
 
-def encode(paths: list[Path], vocab, meter: tuple[int, int] | None) -> list[Song]:
+def encode(paths: list[Path], vocab, meter: tuple[int, int] | None = None) -> list[Song]:
+    """Songs of the MIDI files our encoder reads (a file it refuses is logged and left out)."""
     out = []
     for p in paths:
         try:
             out.append(Song(name=p.name, tokens=encode_score(load_score(p), vocab, meter_override=meter)))
         except Exception as exc:  # noqa: BLE001 (a benchmark skips a bad file and says so)
-            log(f"skip {p}: {exc}")
+            log(f"skip {p.name}: {str(exc)[:120]}")
     return out
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+def add_adaptation_args(p, *, methods: str, epochs: int) -> None:
+    """The options both style benchmarks share: adaptation, prompts, generation, machine."""
+    p.add_argument("--prompts-per-song", type=int, default=2)
+    p.add_argument("--methods", default=methods)
+    p.add_argument("--epochs", type=int, default=epochs, help="paper: 16")
+    p.add_argument("--ctx-len", type=int, default=512, help="paper: 2048")
+    p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--bars", type=int, default=4, help="bars per infilled span (paper headline: 4)")
+    p.add_argument("--context", type=int, default=8, help="bars of context each side")
+    p.add_argument("--no-generate", action="store_true", help="NLL only (no sampling)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: proves the pipeline in about a minute")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def open_engine(args):
+    """``(engine, methods with "base" first)`` for ``args.model`` (default: the bundled model) on ``args.threads``."""
+    torch.set_num_threads(args.threads)
+    engine = api.load_engine(args.model or default_model(), threads=args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "base" not in methods:
+        methods.insert(0, "base")
+    return engine, methods
 
 
 def melody_track(st, vocab) -> int:

@@ -40,9 +40,8 @@ import numpy as np
 import torch
 
 from midirwkv.errors import BadRequestError
-from midirwkv.infer import api
 from midirwkv.music.infill import InfillRequest, build_prompt
-from midirwkv.music.remi import encode_score, load_score
+from midirwkv.music.remi import load_score
 from midirwkv.train.style import Song
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,10 +49,13 @@ import far_style_data  # a sibling script, found through the line above
 from style_common import (
     METRICS,
     ROOT,
+    add_adaptation_args,
     default_model,
     draw_prompts,
+    encode,
     fmt,
     log,
+    open_engine,
     relative,
     run_style,
     span_nll_counts,
@@ -70,17 +72,6 @@ PLOTS = "far_style_plots"
 
 
 # ----------------------------------------------------------------------------------------------- songs
-
-def encode_files(paths: list[Path], vocab, meter: tuple[int, int] | None = None) -> list[Song]:
-    """Songs of the MIDI files our encoder reads (a file it refuses is logged and left out)."""
-    out = []
-    for p in paths:
-        try:
-            out.append(Song(name=p.name, tokens=encode_score(load_score(p), vocab, meter_override=meter)))
-        except Exception as exc:  # noqa: BLE001 (a benchmark skips a bad file and says so)
-            log(f"skip {p.name}: {str(exc)[:120]}")
-    return out
-
 
 def seeded(items: list, n: int, seed: int, salt: int) -> list:
     """``n`` items of ``items`` in a seeded random order."""
@@ -111,7 +102,7 @@ def far_songs(data: Path, vocab) -> tuple[list[Song], list[Path], dict]:
     """The built far-style corpus: its songs, their MIDI paths and its manifest."""
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     paths = [data / "midi" / f["file"] for f in manifest["files"]]
-    songs = encode_files(paths, vocab)
+    songs = encode(paths, vocab)
     by_name = {p.name: p for p in paths}
     return songs, [by_name[s.name] for s in songs], manifest
 
@@ -209,12 +200,12 @@ def survey(engine, args, workdir: Path) -> dict:
         kind["scraped valid, one velocity"] = "its score-like files (every note one velocity)"
     if args.pop909.is_dir():
         files = sorted(p / f"{p.name}.mid" for p in args.pop909.iterdir() if (p / f"{p.name}.mid").is_file())
-        rows["POP909"] = base_bits(engine, encode_files(seeded(files, n, args.seed, 909), vocab, (4, 4)), per,
+        rows["POP909"] = base_bits(engine, encode(seeded(files, n, args.seed, 909), vocab, (4, 4)), per,
                                    bars, ctx, args.seed)
         kind["POP909"] = "earlier style run"
     if args.nottingham.is_dir():
         files = sorted(args.nottingham.glob("*.mid"))
-        rows["Nottingham"] = base_bits(engine, encode_files(seeded(files, n, args.seed, 1036), vocab), per, bars,
+        rows["Nottingham"] = base_bits(engine, encode(seeded(files, n, args.seed, 1036), vocab), per, bars,
                                        ctx, args.seed)
         kind["Nottingham"] = "earlier style run"
     log(f"survey: reference sets measured in {time.perf_counter() - t0:.0f}s")
@@ -224,7 +215,7 @@ def survey(engine, args, workdir: Path) -> dict:
         available[name] = len({w.group for w in works})
         kept, _ = far_style_data.convert(far_style_data.seeded_order(works, args.seed + 1), workdir / "survey" / name,
                                          vocab, limit=n)
-        songs = encode_files([workdir / "survey" / name / r["file"] for r in kept], vocab)
+        songs = encode([workdir / "survey" / name / r["file"] for r in kept], vocab)
         rows[name] = base_bits(engine, songs, per, bars, ctx, args.seed)
         kind[name] = f"candidate: {cand.title}"
         log(f"survey: {name} ({len(songs)} songs) in {time.perf_counter() - t1:.0f}s")
@@ -529,33 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", type=int, default=3, help="folds with disjoint held-out songs")
     p.add_argument("--eval-songs", type=int, default=15, help="held-out songs per fold")
     p.add_argument("--train-songs", type=int, default=0, help="songs to adapt on per fold (0: all the others)")
-    p.add_argument("--prompts-per-song", type=int, default=2)
-    p.add_argument("--methods", default="base,state,lora4")
-    p.add_argument("--epochs", type=int, default=12, help="paper: 16")
-    p.add_argument("--ctx-len", type=int, default=512, help="paper: 2048")
-    p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--lora-lr", type=float, default=1e-3)
-    p.add_argument("--bars", type=int, default=4, help="bars per span (paper headline: 4)")
-    p.add_argument("--context", type=int, default=8, help="bars of context each side")
-    p.add_argument("--no-generate", action="store_true", help="NLL only (no sampling)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: proves the pipeline in about a minute")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_adaptation_args(p, methods="base,state,lora4", epochs=12)
     args = p.parse_args(argv)
     if args.smoke:
         args.survey_songs, args.splits, args.eval_songs, args.train_songs = 2, 2, 2, 6
         args.prompts_per_song, args.epochs, args.ctx_len = 1, 1, 256
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
     model_dir = args.model or default_model()
-    engine = api.load_engine(model_dir, threads=args.threads)
+    engine, methods = open_engine(args)
     vocab = engine.vocab
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if "base" not in methods:
-        methods.insert(0, "base")
     workdir = Path(tempfile.mkdtemp(prefix="style_far_"))
     if args.out is None:
         args.out = workdir / "report" if args.smoke else ROOT / "reports" / "style"

@@ -30,26 +30,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from midirwkv.infer import api
 from midirwkv.music.remi import load_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from style_common import (  # noqa: F401  (shared with style_far.py; re-exported under the old names)
+from style_common import (
     METRICS,
     ROOT,
+    add_adaptation_args,
     default_model,
-    draw_prompts,
     encode,
     fmt,
-    infill_scores,
     log,
-    melody_track,
-    notes_in,
+    open_engine,
     relative,
     run_style,
-    span_nll,
     summarise,
     write_atomic,
 )
@@ -110,34 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", type=int, default=1, help="random splits (paper: 3)")
     p.add_argument("--train-songs", type=int, default=64, help="songs to adapt on (paper: ~100)")
     p.add_argument("--eval-songs", type=int, default=12, help="held-out songs to evaluate on")
-    p.add_argument("--prompts-per-song", type=int, default=2)
     p.add_argument("--nottingham-train", type=int, default=64)
-    p.add_argument("--methods", default="base,state,lora4,lora32")
-    p.add_argument("--epochs", type=int, default=2, help="paper: 16")
-    p.add_argument("--ctx-len", type=int, default=512, help="paper: 2048")
-    p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--lora-lr", type=float, default=1e-3)
-    p.add_argument("--bars", type=int, default=4, help="bars per infilled span (paper headline: 4)")
-    p.add_argument("--context", type=int, default=8, help="bars of context each side")
-    p.add_argument("--no-generate", action="store_true", help="NLL only (no sampling)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: proves the pipeline in about a minute")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_adaptation_args(p, methods="base,state,lora4,lora32", epochs=2)
     args = p.parse_args(argv)
     if args.smoke:
         args.train_songs, args.eval_songs, args.prompts_per_song, args.nottingham_train = 4, 2, 1, 4
         args.epochs, args.ctx_len = 1, 256
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
     model_dir = args.model or default_model()
-    engine = api.load_engine(model_dir, threads=args.threads)
+    engine, methods = open_engine(args)
     vocab = engine.vocab
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if "base" not in methods:
-        methods.insert(0, "base")
     workdir = Path(tempfile.mkdtemp(prefix="style_bench_"))
     report: dict = {"command": "python benchmarks/style_pop909.py " + " ".join(sys.argv[1:] if argv is None else argv),
                     "model": {"path": relative(model_dir), "config": engine.model.cfg.to_dict()},
