@@ -252,6 +252,24 @@ def summarise(results: list[dict], methods: list[str]) -> dict:
     return {"table": table, "vs_base": tests}
 
 
+def method_tables(summary: dict) -> list[str]:
+    """Markdown lines: each method's means of ``METRICS``, then its paired tests against the base model."""
+    lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for m, row in summary["table"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{fmt(row[k]['mean'])} ± {fmt(row[k]['std'])}" for k in METRICS)
+                     + " |")
+    lines += ["", "Paired against base (diff = model - base, bootstrap 95% CI; Wilcoxon p; Cohen's d):", "",
+              "| model | metric | n | diff | 95% CI | p | d | better |", "|---|---|---|---|---|---|---|---|"]
+    for m, tests in summary["vs_base"].items():
+        for key, t in tests.items():
+            if "error" in t:
+                lines.append(f"| {m} | {key} | - | - | - | - | - | {t['error'][:40]} |")
+                continue
+            lines.append(f"| {m} | {key} | {t['n']} | {fmt(t['diff'])} | [{fmt(t['ci_low'])}, {fmt(t['ci_high'])}] | "
+                         f"{fmt(t['p'])} | {fmt(t['d'])} | {t['a_better']} |")
+    return lines
+
+
 def fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
 

@@ -47,7 +47,6 @@ from midirwkv.train.style import Song
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import far_style_data  # a sibling script, found through the line above
 from style_common import (
-    METRICS,
     ROOT,
     add_adaptation_args,
     default_model,
@@ -55,6 +54,7 @@ from style_common import (
     encode,
     fmt,
     log,
+    method_tables,
     open_engine,
     relative,
     run_style,
@@ -458,19 +458,7 @@ def markdown(report: dict, reading: str = "") -> str:
                          f"{t['epochs_run']} epochs (best {t['best_epoch']}), {t['n_params']} numbers, val loss "
                          f"{fmt(t['val_loss'][0])} -> {fmt(min(t['val_loss']))}, {t['tokens_per_s']} tok/s, "
                          f"{t['wall_s']}s")
-    lines += ["", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for m, row in report["summary"]["table"].items():
-        lines.append(f"| {m} | " + " | ".join(f"{fmt(row[k]['mean'])} ± {fmt(row[k]['std'])}" for k in METRICS)
-                     + " |")
-    lines += ["", "Paired against base (diff = model - base, bootstrap 95% CI; Wilcoxon p; Cohen's d):", "",
-              "| model | metric | n | diff | 95% CI | p | d | better |", "|---|---|---|---|---|---|---|---|"]
-    for m, tests in report["summary"]["vs_base"].items():
-        for key, t in tests.items():
-            if "error" in t:
-                lines.append(f"| {m} | {key} | - | - | - | - | - | {t['error'][:40]} |")
-                continue
-            lines.append(f"| {m} | {key} | {t['n']} | {fmt(t['diff'])} | [{fmt(t['ci_low'])}, {fmt(t['ci_high'])}] | "
-                         f"{fmt(t['p'])} | {fmt(t['d'])} | {t['a_better']} |")
+    lines += ["", *method_tables(report["summary"])]
     dist = report["distances"]
     if dist["splits"] and "state" in dist["splits"][0]:
         n_layer = len(dist["splits"][0]["state"]["layer"])

@@ -35,13 +35,13 @@ from midirwkv.music.remi import load_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from style_common import (
-    METRICS,
     ROOT,
     add_adaptation_args,
     default_model,
     encode,
     fmt,
     log,
+    method_tables,
     open_engine,
     relative,
     run_style,
@@ -73,19 +73,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"- split {i} {m}: {t['train_songs']} songs, {t['epochs_run']} epochs (best "
                              f"{t['best_epoch']}), {t['n_params']} numbers, val loss {fmt(t['val_loss'][0])} -> "
                              f"{fmt(min(t['val_loss']))}, {t['tokens_per_s']} tok/s, {t['wall_s']}s")
-        lines += ["", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        for m, row in res["summary"]["table"].items():
-            lines.append(f"| {m} | " + " | ".join(f"{fmt(row[k]['mean'])} ± {fmt(row[k]['std'])}" for k in METRICS)
-                         + " |")
-        lines += ["", "Paired against base (diff = model - base; Wilcoxon p; Cohen's d):", "",
-                  "| model | metric | n | diff | p | d | better |", "|---|---|---|---|---|---|---|"]
-        for m, tests in res["summary"]["vs_base"].items():
-            for key, t in tests.items():
-                if "error" in t:
-                    lines.append(f"| {m} | {key} | - | - | - | - | {t['error'][:40]} |")
-                    continue
-                lines.append(f"| {m} | {key} | {t['n']} | {fmt(t['diff'])} | {fmt(t['p'])} | {fmt(t['d'])} | "
-                             f"{t['a_better']} |")
+        lines += ["", *method_tables(res["summary"])]
         lines.append("")
     lines += ["Directions: bits_per_note, gs_gap, pche_diff, ctrl_all_err lower is better; cp, gs, onset_f1 higher.",
               "NLL is teacher-forced on the original span (controls given); generation uses the paper's sampling "
