@@ -270,6 +270,12 @@ def method_tables(summary: dict) -> list[str]:
     return lines
 
 
+DIRECTIONS = ("Directions: bits_per_note, gs_gap, pche_diff, ctrl_all_err lower is better; cp, gs, onset_f1 higher. "
+              "NLL is teacher-forced on the original span (controls given); generation uses the paper's sampling "
+              "(temperature 1, repetition penalty 1.2, top-k 20, top-p 0.95) with the original bars' controls.")
+"""The closing line of both style reports."""
+
+
 def fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
 

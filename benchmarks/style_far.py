@@ -47,6 +47,7 @@ from midirwkv.train.style import Song
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import far_style_data  # a sibling script, found through the line above
 from style_common import (
+    DIRECTIONS,
     ROOT,
     add_adaptation_args,
     default_model,
@@ -488,9 +489,7 @@ def markdown(report: dict, reading: str = "") -> str:
             f"layer {i}: " + ", ".join(fmt(x) for x in row) for i, row in enumerate(heads)), ""]
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
-    lines += ["Directions: bits_per_note, gs_gap, pche_diff, ctrl_all_err lower is better; cp, gs, onset_f1 higher. "
-              "NLL is teacher-forced on the original span (controls given); generation uses the paper's sampling "
-              "(temperature 1, repetition penalty 1.2, top-k 20, top-p 0.95) with the original bars' controls.", ""]
+    lines += [DIRECTIONS, ""]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from midirwkv.music.remi import load_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from style_common import (
+    DIRECTIONS,
     ROOT,
     add_adaptation_args,
     default_model,
@@ -75,9 +76,7 @@ def markdown(report: dict) -> str:
                              f"{fmt(min(t['val_loss']))}, {t['tokens_per_s']} tok/s, {t['wall_s']}s")
         lines += ["", *method_tables(res["summary"])]
         lines.append("")
-    lines += ["Directions: bits_per_note, gs_gap, pche_diff, ctrl_all_err lower is better; cp, gs, onset_f1 higher.",
-              "NLL is teacher-forced on the original span (controls given); generation uses the paper's sampling "
-              "(temperature 1, repetition penalty 1.2, top-k 20, top-p 0.95) with the original bars' controls.", ""]
+    lines += [DIRECTIONS, ""]
     return "\n".join(lines)
 
 
