@@ -94,7 +94,11 @@ def test_api_joint_rewrites_only_the_holes(engine, song):
     score, report = api.infill(song, spans=spans, context=2, seed=5, sample=FAST, engine=engine, strategy="joint")
     reported = [(s.track, s.first_bar, s.last_bar) for s in report.variations[0].spans]
     assert reported == [(2, 9, 9), (2, 12, 12), (0, 13, 14)]
-    assert report.variations[0].spans[1].sampled_tokens == 0          # counted on the joint fill's first hole
+    first, later = report.variations[0].spans[:2]
+    assert later.sampled_tokens == 0 and first.sampled_tokens > 0      # counted on the joint fill's first hole
+    assert later.joint_with == "9-9" and later.to_dict()["joint_with"] == "9-9" and first.joint_with is None
+    assert "bars 12-12: filled with bars 9-9 (tokens counted there)" in report.summary()
+    assert "bars 12-12: 0 tokens" not in report.summary()
     # the kept bars 10-11 of track 2 keep every note exactly (ticks, durations, velocities): never re-quantised
     t0, t1 = st.bar_ticks[9], st.bar_ticks[11]
     assert np.array_equal(_notes(source, 2, t0, t1), _notes(score, 2, t0, t1))

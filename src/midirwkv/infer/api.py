@@ -393,9 +393,12 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
                     # a joint fill's holes share its prompt; its tokens and time are counted on its first hole
                     part = dataclasses.replace(out, attempts=out.attempts[a - start:b - start],
                                                sampled=out.sampled if k == 0 else 0)
-                    results[i].spans.append(span_report(new_st, trk, a, b, list(asked[a - start:b - start]), part,
-                                                         len(prompt.ids), prompt.window,
-                                                         (t3 - t2) if k == 0 else 0.0, tt.is_drum))
+                    report = span_report(new_st, trk, a, b, list(asked[a - start:b - start]), part,
+                                         len(prompt.ids), prompt.window, (t3 - t2) if k == 0 else 0.0, tt.is_drum)
+                    if k > 0:
+                        first = group.runs()[0]
+                        report.joint_with = f"{first[0] + 1}-{first[1]}"
+                    results[i].spans.append(report)
             timings["splice"] += time.perf_counter() - t3
     for i, var in enumerate(results):
         var.score = current[i][0]

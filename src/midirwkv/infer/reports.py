@@ -49,11 +49,15 @@ class SpanReport:
     """Track infilling: the ``TrackControls`` measured on the result (None: the track came out empty)."""
     track_missed: list[str] = field(default_factory=list)
     """Track infilling: names of the asked track controls the result does not have."""
+    joint_with: str | None = None
+    """A later hole of a joint fill: the bars ("3-4") of the first hole, where the shared tokens and time are counted."""
 
     def to_dict(self) -> dict:
         out = {"track": self.track, "bars": f"{self.first_bar}-{self.last_bar}", "prompt_tokens": self.prompt_tokens,
                "context_window": f"{self.window[0] + 1}-{self.window[1]}", "sampled_tokens": self.sampled_tokens,
                "seconds": round(self.seconds, 4), "per_bar": [b.to_dict() for b in self.bars]}
+        if self.joint_with is not None:
+            out["joint_with"] = self.joint_with
         if self.kind == "track":
             out.update(kind="track", track_controls={"asked": controls_dict(self.track_asked),
                                                      "achieved": controls_dict(self.track_achieved),
@@ -102,8 +106,10 @@ class Report:
                     continue
                 asked = sum(len(asked_fields(b.asked)) for b in sp.bars)
                 missed = sum(len(b.missed) for b in sp.bars)
+                cost = (f"{sp.sampled_tokens} tokens" if sp.joint_with is None
+                        else f"filled with bars {sp.joint_with} (tokens counted there)")
                 lines.append(f"variation {i + 1} (seed {var.seed}): track {sp.track} bars {sp.first_bar}-"
-                             f"{sp.last_bar}: {sp.sampled_tokens} tokens, controls met {asked - missed}/{asked}")
+                             f"{sp.last_bar}: {cost}, controls met {asked - missed}/{asked}")
         lines.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
 
