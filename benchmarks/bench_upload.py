@@ -20,11 +20,11 @@ os.environ.setdefault("MIDIRWKV_MAX_BARS", "12000")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from fastapi.testclient import TestClient  # noqa: E402
-from test_page_real_songs import make_song  # noqa: E402
+from fastapi.testclient import TestClient
+from test_page_real_songs import make_song
 
-from midirwkv.infer.api import load_engine  # noqa: E402
-from midirwkv.server.app import create_app  # noqa: E402
+from midirwkv.infer.api import load_engine
+from midirwkv.server.app import create_app
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def test_the_page_table_is_this_table():
     js = (Path(gm.__file__).parents[1] / "server" / "static" / "gm.js").read_text(encoding="utf-8")
 
     def array(name: str) -> list[str]:
-        body = re.search(rf"export const {name} = (\[.*?\]);", js, re.S).group(1)
+        body = re.search(rf"export const {name} = (\[.*?\]);", js, re.DOTALL).group(1)
         return json.loads(re.sub(r",\s*\]$", "]", body))
 
     assert array("GM_NAMES") == list(gm.GM_NAMES)

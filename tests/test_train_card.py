@@ -153,7 +153,7 @@ def test_a_run_in_another_layout_is_compared_on_the_span_in_each_models_layout(r
     from midirwkv.music.infill import layout_of
     from midirwkv.music.vocab import Vocab
 
-    root, run = runs
+    root, _run = runs
     old = TrainConfig(data_dir=str(root / "cache"), out_dir=str(root / "fo"), prompt_layout="file_order",
                       model=ModelConfig(vocab_size=Vocab.load().size, **TINY), ctx_len=96, micro_batch=2,
                       max_steps=2, warmup_steps=1, lr=3e-3, eval_every=2, eval_batches=2, progress=False, threads=1)

@@ -180,7 +180,7 @@ def test_a_run_killed_after_its_first_checkpoint_leaves_a_loadable_one(pack, tmp
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     final = out / "final" if (out / "final").is_dir() else out / ".final-next"
-    model, _, meta = load_checkpoint(final)
+    _model, _, meta = load_checkpoint(final)
     assert meta["steps"] > 0 and not meta["device"]["finished"]
     assert sum(1 for f in out.rglob("*") if f.is_file()) <= 8
 
@@ -199,7 +199,7 @@ def test_a_run_ended_by_an_exception_keeps_its_last_checkpoint(pack, tmp_path):
                        start="none", minutes=1.0, ckpt_every_s=1.0)
     with pytest.raises(RuntimeError, match="went away"):
         run_device(cfg, callback=stop)
-    model, _, meta = load_checkpoint(out / "final")
+    _model, _, meta = load_checkpoint(out / "final")
     assert 0 < meta["steps"] <= seen[-1]     # equal when every step outlasts ckpt_every_s (a busy machine)
     assert [p.name for p in tmp_path.iterdir() if "stage" in p.name] == []      # the staging folder is removed
 

@@ -495,22 +495,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.lora_dim is not None:
         shape.update(decay_lora=args.lora_dim, aaa_lora=args.lora_dim, mv_lora=args.lora_dim,
                      gate_lora=2 * args.lora_dim)
-    if shape:
-        if args.init_from:
-            if set(shape) != {"n_layer"}:
-                raise BadRequestError("--init-from fixes the model shape (only --layers may grow it)",
-                                      argument="--width/--head-size/--lora-dim", value=shape,
-                                      fix="drop the shape flags when starting from a checkpoint, or give only "
-                                          "--layers N to grow its depth")
-            from midirwkv.model.checkpoint import read_checkpoint_info
+    if shape and args.init_from:
+        if set(shape) != {"n_layer"}:
+            raise BadRequestError("--init-from fixes the model shape (only --layers may grow it)",
+                                  argument="--width/--head-size/--lora-dim", value=shape,
+                                  fix="drop the shape flags when starting from a checkpoint, or give only "
+                                      "--layers N to grow its depth")
+        from midirwkv.model.checkpoint import read_checkpoint_info
 
-            if not (Path(args.init_from) / "config.json").is_file():
-                raise BadRequestError("--init-from is not a checkpoint folder (no config.json)",
-                                      argument="--init-from", value=args.init_from,
-                                      fix="pass the folder written by `midirwkv train` (its final/ folder)")
-            base, _ = read_checkpoint_info(args.init_from)
-            fields["model"] = ModelConfig.from_dict({**base.to_dict(), **shape}).to_dict()
-            shape = {}
+        if not (Path(args.init_from) / "config.json").is_file():
+            raise BadRequestError("--init-from is not a checkpoint folder (no config.json)",
+                                  argument="--init-from", value=args.init_from,
+                                  fix="pass the folder written by `midirwkv train` (its final/ folder)")
+        base, _ = read_checkpoint_info(args.init_from)
+        fields["model"] = ModelConfig.from_dict({**base.to_dict(), **shape}).to_dict()
+        shape = {}
     if shape:
         base = fields.get("model") or {}
         if isinstance(base, str):

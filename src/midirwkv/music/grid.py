@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -43,8 +44,8 @@ class ScoreLimits:
     max_tick: int = 2**30
     """Tick at which the last note ends, in the file's own ticks (ticks are 32-bit in a MIDI file)."""
 
-    ENV = {"max_bars": "MIDIRWKV_MAX_BARS", "max_notes": "MIDIRWKV_MAX_NOTES", "max_tracks": "MIDIRWKV_MAX_TRACKS",
-           "max_tick": "MIDIRWKV_MAX_TICK"}
+    ENV: ClassVar[dict[str, str]] = {"max_bars": "MIDIRWKV_MAX_BARS", "max_notes": "MIDIRWKV_MAX_NOTES",
+                                     "max_tracks": "MIDIRWKV_MAX_TRACKS", "max_tick": "MIDIRWKV_MAX_TICK"}
 
     def __post_init__(self) -> None:
         for f in fields(self):
