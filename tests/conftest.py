@@ -1,4 +1,4 @@
-"""Fixtures shared by the server API tests and the browser tests."""
+"""Fixtures shared by the server API tests, the browser tests and the infill API tests."""
 
 from __future__ import annotations
 
@@ -30,3 +30,19 @@ def make_tiny_model(folder: Path) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight model folder (read-only for the tests that use it)."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A 2-layer random-weight engine in memory (``model_helpers.tiny_engine``), one per test module."""
+    from model_helpers import tiny_engine
+
+    return tiny_engine()
+
+
+@pytest.fixture
+def song(tmp_path) -> Path:
+    """A writable copy of the real POP909 fixture song (``model_helpers.POP909_SONG``)."""
+    from model_helpers import song_copy
+
+    return song_copy(tmp_path)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 
 from midirwkv.config import ModelConfig
 from midirwkv.model import RWKV7
+
+POP909_SONG = Path(__file__).parent / "fixtures" / "corpus" / "pop909" / "002.mid"
+"""A real multi-track song (melody, bridge, piano) that the infill tests edit."""
+
+
+def song_copy(tmp_path: Path, source: Path = POP909_SONG) -> Path:
+    """A writable copy of the fixture ``source`` as ``tmp_path/song.mid`` (tests never write beside the fixtures)."""
+    path = tmp_path / "song.mid"
+    shutil.copy(source, path)
+    return path
 
 
 def perturbed_model(cfg: ModelConfig, seed: int = 0) -> RWKV7:

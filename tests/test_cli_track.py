@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from model_helpers import tiny_engine
+from model_helpers import song_copy, tiny_engine
 
 from midirwkv import cli
 from midirwkv.infer import api
@@ -26,9 +26,7 @@ def engine():
 @pytest.fixture
 def song(tmp_path, engine, monkeypatch):
     monkeypatch.setattr(api, "load_engine", lambda *a, **k: engine)
-    path = tmp_path / "song.mid"
-    shutil.copy(BACH, path)
-    return path
+    return song_copy(tmp_path, BACH)
 
 
 def run(argv, capsys):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
-from model_helpers import tiny_engine
+from model_helpers import POP909_SONG
 
 from midirwkv import cli
 from midirwkv.config import SampleConfig
@@ -19,20 +16,7 @@ from midirwkv.infer.pipeline import open_span
 from midirwkv.music.infill import InfillRequest
 from midirwkv.music.remi import encode_score, load_score
 
-SONG = Path(__file__).parent / "fixtures" / "corpus" / "pop909" / "002.mid"
 FAST = SampleConfig(max_notes_per_bar=6, candidates=2)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return tiny_engine()
-
-
-@pytest.fixture
-def song(tmp_path):
-    path = tmp_path / "song.mid"
-    shutil.copy(SONG, path)
-    return path
 
 
 def _notes(score, track: int, t0: int, t1: int) -> np.ndarray:
@@ -71,7 +55,7 @@ def test_forced_entries_are_checked():
 def test_joint_fill_reads_the_kept_bars_and_returns_them_unchanged(engine):
     """A joint group's kept bars are teacher-forced: their ids are fed, never sampled, and come back as they were."""
     vocab = engine.vocab
-    st = encode_score(load_score(SONG), vocab)
+    st = encode_score(load_score(POP909_SONG), vocab)
     holes = [Hole(2, 8, 9, (st.track(2).controls[8],)), Hole(2, 11, 12, (st.track(2).controls[11],))]
     (group,) = plan_groups(holes, "joint")
     tt = st.track(2)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
-from model_helpers import tiny_engine
 
 from midirwkv import cli
 from midirwkv.config import SampleConfig
@@ -18,20 +16,7 @@ from midirwkv.errors import BadRequestError
 from midirwkv.infer import api
 from midirwkv.music.remi import encode_score, load_score
 
-SONG = Path(__file__).parent / "fixtures" / "corpus" / "pop909" / "002.mid"
 FAST = SampleConfig(max_notes_per_bar=6)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return tiny_engine()
-
-
-@pytest.fixture
-def song(tmp_path):
-    path = tmp_path / "song.mid"
-    shutil.copy(SONG, path)
-    return path
 
 
 def sha(path: Path) -> str:
