@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import symusic
-from model_helpers import tiny_engine
 
 from midirwkv import cli
 from midirwkv.infer import api
@@ -51,11 +50,6 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(api, "load_engine", refuse)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return tiny_engine()
 
 
 def files(folder: Path) -> list[str]:

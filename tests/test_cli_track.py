@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from model_helpers import song_copy, tiny_engine
+from model_helpers import song_copy
 
 from midirwkv import cli
 from midirwkv.infer import api
@@ -16,11 +16,6 @@ from midirwkv.music.remi import encode_score, load_score
 
 BACH = Path(__file__).parent / "fixtures" / "bach" / "bwv66_6.mid"
 FAST = ["--seed", "3"]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return tiny_engine()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import symusic
-from model_helpers import tiny_engine
 
 from midirwkv.config import SampleConfig
 from midirwkv.errors import BadRequestError
@@ -15,11 +14,6 @@ from midirwkv.music.remi import encode_score, load_score
 
 POP001 = Path(api.__file__).resolve().parent.parent / "assets" / "examples" / "pop909_001.mid"
 FAST = SampleConfig(max_notes_per_bar=4)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return tiny_engine()
 
 
 def eight_bars(tracks: int = 1, last_track_bars: int = 8) -> symusic.Score:

@@ -386,18 +386,18 @@ def infill(source, track: int | None = None, bars: str | tuple[int, int] | None 
             timings["generate"] += t3 - t2
             say(f"generated {sum(o.sampled for o in outs)} tokens in {t3 - t2:.2f}s "
                 f"({len(batch)} variation{'s' if len(batch) > 1 else ''})")
+            runs = group.runs()
             for i, out in zip(batch, outs):
-                new_score, new_st = splice_runs(engine, g_score, g_st, req, out, group.runs())
+                new_score, new_st = splice_runs(engine, g_score, g_st, req, out, runs)
                 current[i] = (new_score, new_st)
-                for k, (a, b) in enumerate(group.runs()):
+                for k, (a, b) in enumerate(runs):
                     # a joint fill's holes share its prompt; its tokens and time are counted on its first hole
                     part = dataclasses.replace(out, attempts=out.attempts[a - start:b - start],
                                                sampled=out.sampled if k == 0 else 0)
                     report = span_report(new_st, trk, a, b, list(asked[a - start:b - start]), part,
                                          len(prompt.ids), prompt.window, (t3 - t2) if k == 0 else 0.0, tt.is_drum)
                     if k > 0:
-                        first = group.runs()[0]
-                        report.joint_with = f"{first[0] + 1}-{first[1]}"
+                        report.joint_with = f"{runs[0][0] + 1}-{runs[0][1]}"
                     results[i].spans.append(report)
             timings["splice"] += time.perf_counter() - t3
     for i, var in enumerate(results):
