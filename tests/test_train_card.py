@@ -48,6 +48,31 @@ def test_publish_writes_weights_card_and_curve_from_recorded_numbers(runs):
     assert "POP909: MIT" in card
 
 
+def test_published_meta_names_no_absolute_path_of_the_training_machine(runs):
+    import os
+
+    root, run = runs
+    dest = publish(run["short"], root / "portable")
+    raw = json.loads((run["short"] / "final" / "meta.json").read_text())
+    meta = json.loads((dest / "meta.json").read_text())
+    assert Path(raw["data_dir"]).is_absolute()              # the run itself records where it read from
+    assert not Path(meta["data_dir"]).is_absolute()
+    assert Path(os.path.abspath(meta["data_dir"])) == Path(raw["data_dir"])   # still the same folder from here
+    texts = []
+
+    def strings(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                strings(x)
+        elif isinstance(v, list):
+            for x in v:
+                strings(x)
+        elif isinstance(v, str):
+            texts.append(v)
+    strings(meta)
+    assert texts and not [t for t in texts if t.startswith("/")]
+
+
 def test_publish_replaces_only_a_worse_model(runs):
     root, run = runs
     dest = root / "better_only"

@@ -41,6 +41,24 @@ def _sha(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
+def portable_paths(value: object, root: Path | None = None) -> object:
+    """``value`` with every absolute path string made relative to ``root`` (the working folder by default).
+
+    A published card and meta.json travel with the repository; the machine a run was trained on does not.
+    Paths above ``root`` become ``../...``; strings that are not absolute paths are left alone.
+    """
+    import os
+
+    root = Path.cwd() if root is None else Path(root)
+    if isinstance(value, dict):
+        return {k: portable_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value:
+        return Path(os.path.relpath(value, root)).as_posix()
+    return value
+
+
 def _meta(folder: Path) -> dict:
     try:
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -441,6 +459,9 @@ def publish(run_dir: str | Path, out: str | Path = DEFAULT_OUT, notes: str = "",
         for f in FILES:
             if f == "model.safetensors" and not (final / f).is_file():
                 join_weights(final, tmp / f)
+            elif f == "meta.json":
+                meta = portable_paths(meta)
+                (tmp / f).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
             else:
                 shutil.copyfile(final / f, tmp / f)
         if (run_dir / "train_log.csv").is_file():
