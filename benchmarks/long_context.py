@@ -27,10 +27,11 @@ averaged first): means with bootstrap intervals, paired Wilcoxon tests and Cohen
 with the default rule (one window for every track, as in training), teacher-forced bits per note only.
 
 Resumable: ``prompts.jsonl``, ``rows.jsonl`` (one line per prompt, system and budget) and ``shared_nll.jsonl``
-(the ablation, per prompt and budget) in the output folder;
-a rerun with the same settings skips what is done and rewrites the report (``report.md``, ``report.json``,
-``plots/``). The latency and memory against context (``benchmarks/bench_model.py``'s ``context_latency`` and
-``gpt2_latency`` on the bundled model's shape, contexts up to 16k) are measured once into ``latency.json``
+(the ablation, per prompt and budget) in the output folder; a rerun with the same settings and the same model
+weights (their sha1 is in ``settings.json``) skips what is done and rewrites the report (``report.md``,
+``report.json``, ``plots/``); another model's run is refused. The latency and memory against context
+(``benchmarks/bench_model.py``'s ``context_latency`` and ``gpt2_latency`` on the bundled model's shape, contexts
+up to 16k) are measured once into ``latency.json``
 (``--redo-latency`` to measure again). A hand-written reading in ``<output>/reading.md`` is copied into the
 report when present.
 """
@@ -61,6 +62,7 @@ from midirwkv.eval.prompts import CacheFiles, EvalCase, EvalPrompt, SplitFiles, 
 from midirwkv.eval.protocol import append_jsonl, system_seed
 from midirwkv.eval.records import dumps, read_jsonl
 from midirwkv.files import write_atomic, write_text_atomic
+from midirwkv.infer.style import weights_hash
 
 HERE = Path(__file__).resolve().parent
 BUDGETS = (1024, 2048, 4096, 8192, 16384)
@@ -697,6 +699,22 @@ def run_shared(path: Path, files: SplitFiles, prompts: Sequence[EvalPrompt], eng
 # ---------------------------------------------------------------------------------------------------- main
 
 
+def check_settings(out: Path, settings: dict) -> None:
+    """Write ``settings`` to ``out/settings.json``, refusing a folder whose saved run had other settings or other
+    model weights (``weights_sha1``; a run saved before the sha1 was recorded counts as other weights). The
+    baseline's entries may change: its rows are keyed by system."""
+    saved = out / "settings.json"
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        keep = {k: v for k, v in old.items() if k not in ("baseline_model", "baseline_ctx")}
+        if keep != {k: v for k, v in settings.items() if k not in ("baseline_model", "baseline_ctx")}:
+            raise BadRequestError("the output folder holds a run with other settings or another model's weights",
+                                  argument="--output", value=str(out),
+                                  fix="rerun with the same settings and model, choose another -o folder, or delete "
+                                      "its settings.json, rows.jsonl and shared_nll.jsonl to measure again")
+    write_text_atomic(saved, dumps(settings, indent=2))
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run (or resume) the benchmark and write its report; returns the report dict."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -739,18 +757,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings = {"data": args.data, "split": args.split, "budgets": list(budgets), "seed": args.seed,
                 "side_bars": args.side_bars, "spans_per_file": args.spans_per_file, "span_bars": SPAN_BARS,
                 "score_context": SCORE_CONTEXT,
-                "model": rwkv.model_path, "layout": layout, "sample": sample.to_dict(), "scan": scan,
+                "model": rwkv.model_path, "weights_sha1": weights_hash(rwkv.engine.model), "layout": layout,
+                "sample": sample.to_dict(), "scan": scan,
                 "train_ctx_len": ((rwkv.engine.meta or {}).get("train_config") or {}).get("ctx_len"),
                 "baseline_model": systems[1].model_path if len(systems) > 1 else None,
                 "baseline_ctx": systems[1].model.n_positions if len(systems) > 1 else None}
-    saved = out / "settings.json"
-    if saved.is_file():
-        old = json.loads(saved.read_text())
-        keep = {k: v for k, v in old.items() if k not in ("baseline_model", "baseline_ctx")}
-        if keep != {k: v for k, v in settings.items() if k not in ("baseline_model", "baseline_ctx")}:
-            raise BadRequestError("the output folder holds a run with other settings", argument="--output",
-                                  value=str(out), fix="rerun with the same settings, or choose another -o folder")
-    write_text_atomic(saved, dumps(settings, indent=2))
+    check_settings(out, settings)
 
     t0 = time.perf_counter()
     long_files, sizes = scan_long_files(files, vocab, max(budgets), scan)

@@ -22,7 +22,8 @@ Paired Wilcoxon tests (``eval.stats.compare``) of every strategy against ``seque
 per metric. The rule that picks ``infer.edits.DEFAULT_STRATEGY``: the strategy with the highest mean onset F1 of
 the edited bars over both settings, provided its seam CP is no worse than sequential's with p < 0.05; ties
 (differences with p >= 0.05 on onset F1 and CP) keep ``sequential``. Writes report.md, report.json, rows.jsonl
-(resumable: done cases are skipped) and plots/ under ``-o``; ``--smoke`` runs 2 cases in about a minute.
+(resumable: done cases are skipped; rows of other model weights are refused) and plots/ under ``-o``;
+``--smoke`` runs 2 cases in about a minute.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from midirwkv.config import SampleConfig
+from midirwkv.errors import BadRequestError
 from midirwkv.eval import stats
 from midirwkv.eval.metrics import score_span
 from midirwkv.eval.notes import NoteArray
@@ -47,6 +49,7 @@ from midirwkv.files import write_text_atomic
 from midirwkv.infer.api import load_engine
 from midirwkv.infer.edits import STRATEGIES, Hole, plan_groups
 from midirwkv.infer.pipeline import open_span
+from midirwkv.infer.style import weights_hash
 from midirwkv.music.infill import InfillRequest
 from midirwkv.music.remi import ScoreTokens, decode_bar_tokens
 
@@ -228,6 +231,21 @@ def plot(summary: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def load_rows(path: Path, sha: str) -> list[dict]:
+    """The rows already measured in ``path`` (none if it is missing), all with the model weights ``sha``.
+
+    Raises ``BadRequestError`` when a row was measured with other weights (or before rows named them): resuming
+    would mix two models in one report.
+    """
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    stale = sum(r.get("weights_sha1") != sha for r in rows)
+    if stale:
+        raise BadRequestError(f"{stale} of its {len(rows)} rows were measured with other model weights",
+                              argument="--output", value=str(path),
+                              fix="choose another -o folder, or delete its rows.jsonl to measure this model again")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="cache/scraped")
@@ -248,7 +266,8 @@ def main() -> None:
     cases = draw_cases(files, args.cases, args.seed)
     cfg = SampleConfig()
     rows_path = out / "rows.jsonl"
-    rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()] if rows_path.exists() else []
+    sha = weights_hash(engine.model)
+    rows = load_rows(rows_path, sha)
     done = {(r["case"], r["setting"], r["strategy"]) for r in rows}
     t_start = time.perf_counter()
     for c in cases:
@@ -258,8 +277,8 @@ def main() -> None:
                 if (c["case"], setting, strategy) in done:
                     continue
                 new, secs, gens = fill(engine, st, tracks, strategy, cfg, c["seed"])
-                row = {"case": c["case"], "setting": setting, "strategy": strategy, "seconds": secs,
-                       "generations": gens, **score_case(st, new, tracks, engine.vocab)}
+                row = {"case": c["case"], "setting": setting, "strategy": strategy, "weights_sha1": sha,
+                       "seconds": secs, "generations": gens, **score_case(st, new, tracks, engine.vocab)}
                 with rows_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 rows.append(row)

@@ -276,3 +276,18 @@ def test_the_baseline_is_cut_to_its_trained_context(bench, vocab, examples):
     assert gpt[300]["effective_budget"] == 300 and gpt[300]["prompt_tokens"] <= 300
     assert gpt[1200]["effective_budget"] < 512 and gpt[1200]["prompt_tokens"] <= gpt[1200]["effective_budget"]
     assert all(0 <= r["metrics"]["cp"] <= 1 for r in gpt.values())
+
+
+def test_a_rerun_with_other_model_weights_is_refused_not_resumed(bench, tmp_path):
+    settings = {"data": "cache/scraped", "budgets": [1024, 2048], "model": "src/midirwkv/assets/default_model",
+                "weights_sha1": "a" * 40, "baseline_model": None}
+    bench.check_settings(tmp_path, settings)
+    bench.check_settings(tmp_path, {**settings, "baseline_model": "runs/gpt2"})    # a baseline may join later
+    for changed in ({"weights_sha1": "b" * 40}, {"budgets": [1024]}):
+        with pytest.raises(BadRequestError) as err:
+            bench.check_settings(tmp_path, {**settings, **changed})
+        assert err.value.argument == "--output" and "rows.jsonl" in err.value.fix
+    old = {k: v for k, v in settings.items() if k != "weights_sha1"}             # saved before the sha1 was kept
+    (tmp_path / "settings.json").write_text(bench.dumps(old))
+    with pytest.raises(BadRequestError):
+        bench.check_settings(tmp_path, settings)
