@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -12,6 +16,20 @@ from midirwkv.model import RWKV7
 
 POP909_SONG = Path(__file__).parent / "fixtures" / "corpus" / "pop909" / "002.mid"
 """A real multi-track song (melody, bridge, piano) that the infill tests edit."""
+
+
+def benchmark_module(name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<name>.py`` imported as ``<name>_bench``, registered in ``sys.modules`` while in use (its
+    dataclasses look their module up while being defined); a module fixture's body: ``yield from``."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 def song_copy(tmp_path: Path, source: Path = POP909_SONG) -> Path:

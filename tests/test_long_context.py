@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
@@ -176,15 +175,9 @@ def test_errors_are_typed(vocab, pop):
 
 @pytest.fixture(scope="module")
 def bench():
-    import importlib.util
+    from model_helpers import benchmark_module
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "long_context.py"
-    spec = importlib.util.spec_from_file_location("long_context_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                   # its dataclass looks its module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from benchmark_module("long_context")
 
 
 @pytest.fixture(scope="module")

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from model_helpers import benchmark_module
 
 from midirwkv.errors import BadRequestError
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "multi_edit.py"
-    spec = importlib.util.spec_from_file_location("multi_edit_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from benchmark_module("multi_edit")
 
 
 def test_rows_of_the_same_weights_resume_and_other_weights_are_refused(bench, tmp_path):
